@@ -1,0 +1,159 @@
+"""`recall` command line: train, evaluate, export, query, data synth.
+
+User-caused errors (`RecallError`, bad arguments) → one line on stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recall.errors import RecallError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + exits 2; keep it to one line
+        raise RecallError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="recall", description="Two-tower retrieval trainer: train, evaluate, export, query.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train, evaluate on test and export (resumes an existing run dir)")
+    t.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (repeatable), e.g. --set train.epochs=5")
+    t.add_argument("--run-dir", help="where checkpoints, metrics and the export go (default runs/<config name>)")
+
+    e = sub.add_parser("evaluate", help="re-evaluate a trained run directory")
+    e.add_argument("run_dir")
+    e.add_argument("--index", dest="factory", help="faiss index_factory string to evaluate with, e.g. HNSW32")
+
+    x = sub.add_parser("export", help="(re)write a run's export bundle")
+    x.add_argument("run_dir")
+    x.add_argument("--out", help="output folder (default RUN_DIR/export)")
+
+    q = sub.add_parser("query", help="top-K items for a history, from an export bundle")
+    q.add_argument("export_dir")
+    q.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE", help="a user feature value")
+    q.add_argument("--include-seen", action="store_true", help="do not remove the history items")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    d = sub.add_parser("data", help="dataset utilities")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    s = dsub.add_parser("synth", help="write a synthetic interaction log (parquet or csv)")
+    s.add_argument("--out", required=True, help="output file, .parquet or .csv")
+    s.add_argument("--users", type=int, default=2000)
+    s.add_argument("--items", type=int, default=1000)
+    s.add_argument("--per-user", type=float, default=30.0, help="mean interactions per user")
+    s.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _cmd_train(args) -> int:
+    import recall
+    from recall.report import metrics_table
+
+    cfg = recall.load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or cfg.run_dir)
+    metrics = recall.train(cfg, run_dir)
+    ks = cfg.eval.ks
+    print()
+    print(metrics_table({"model": metrics["test"], "most popular": metrics["most_popular"]["test"]}, ks))
+    t = metrics["train"]
+    print(f"\n{t['epochs']} epochs, {t['seconds']} s training, {t['examples_per_sec']} examples/s")
+    print(f"run directory: {run_dir}  (metrics.json, report.md, export/)")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import recall
+    from recall.report import metrics_table
+
+    metrics = recall.evaluate(args.run_dir, args.factory)
+    ks = sorted(int(k.split("@")[1]) for k in metrics["test"]["filtered"] if k.startswith("hr@"))
+    print(metrics_table({"model": metrics["test"], "most popular": metrics["most_popular"]["test"]}, ks))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    import recall
+
+    print(f"exported to {recall.export(args.run_dir, args.out)}")
+    return 0
+
+
+def _cmd_query(args) -> int:
+    import json
+
+    from recall.serving import Recommender
+
+    history = [h.strip() for h in args.history.split(",") if h.strip()]
+    rec = Recommender.load(args.export_dir)
+    features = None
+    if args.feature:
+        given = {}
+        for f in args.feature:
+            if "=" not in f:
+                raise RecallError(f"--feature {f!r}: expected NAME=VALUE, e.g. --feature gender=F")
+            name, value = f.split("=", 1)
+            given[name] = value
+        names = rec.manifest["user_features"]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise RecallError(f"--feature {unknown[0]}: not a feature of this model; it has {names or 'none'}")
+        features = [[given.get(n, "") for n in names]]
+    known = rec.rows_of(history)
+    if len(history) and (known < 0).any():
+        print(f"note: ignored unknown item ids: {', '.join(h for h, r in zip(history, known) if r < 0)}",
+              file=sys.stderr)
+    ids, scores = rec.recommend([history], k=args.k, exclude_seen=not args.include_seen,
+                                user_features=features, return_scores=True)
+    if args.json:
+        print(json.dumps({"items": ids[0], "scores": scores[0]}))
+    else:
+        print(f"{'rank':>4}  {'item':>10}  score")
+        for r, (i, s) in enumerate(zip(ids[0], scores[0]), 1):
+            print(f"{r:>4}  {i!s:>10}  {s:.4f}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from recall.data.readers import write_interactions
+    from recall.data.synthetic import synthesize
+
+    df = synthesize(num_users=args.users, num_items=args.items, interactions_per_user=args.per_user, seed=args.seed)
+    write_interactions(df, args.out)
+    print(f"wrote {len(df):,} interactions ({df.user_id.nunique():,} users, {df.item_id.nunique():,} items) to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    try:
+        args = _parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        for noisy in ("tensorflow", "absl", "h5py", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
+                   "query": _cmd_query, "data": _cmd_data}[args.command]
+        return handler(args)
+    except RecallError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `recall train` on the same run directory resumes from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""Typed, validated configuration: YAML → pydantic models (`extra="forbid"`, so a typo is an error).
+
+Every section documents its fields; `load_config` applies `--set a.b=value` overrides before
+validation, so overrides are checked exactly like the file. Errors come back as one `RecallError`
+listing every problem with its dotted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recall.errors import RecallError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnsConfig(_Section):
+    """Names of the interaction columns in the input file."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str = "rating"
+
+
+class SyntheticConfig(_Section):
+    """A generated dataset: power-law item popularity plus latent user tastes a model can learn."""
+
+    num_users: int = Field(2000, ge=10)
+    num_items: int = Field(1000, ge=10)
+    interactions_per_user: float = Field(30.0, gt=3)
+    num_topics: int = Field(20, ge=1)
+    popularity_exponent: float = Field(1.0, ge=0.0, description="Zipf exponent of item popularity")
+    taste_concentration: float = Field(0.3, gt=0.0, description="Dirichlet α of a user's topic mix")
+    drift: float = Field(0.2, ge=0.0, le=1.0, description="chance per step that the user's topic changes")
+    seed: int = 0
+
+
+class UserFeaturesConfig(_Section):
+    """An optional user side table (e.g. ML-1M users.dat / users.parquet), joined on `key`."""
+
+    path: str
+    key: str = "user_id"
+    columns: list[str] = Field(default_factory=list, description="categorical columns to use")
+    prefix: dict[str, int] = Field(
+        default_factory=dict, description="keep only the first n characters of a column (zip codes)"
+    )
+
+
+class DataConfig(_Section):
+    """Where the interactions come from and how rows are filtered."""
+
+    source: Literal["builtin", "file", "synthetic"] = "builtin"
+    name: Literal["ml-latest-small"] = "ml-latest-small"
+    path: str | None = Field(None, description="a file, or a folder holding ratings.{parquet,csv,dat}")
+    format: Literal["auto", "parquet", "csv", "movielens"] = "auto"
+    delimiter: str | None = Field(None, description="CSV delimiter; None sniffs it")
+    columns: ColumnsConfig = ColumnsConfig()
+    min_rating: float | None = Field(None, description="drop rows rated below this (explicit → implicit)")
+    user_features: UserFeaturesConfig | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("data.source is 'file' but data.path is not set: give the file or folder")
+        return self
+
+
+class ModelConfig(_Section):
+    """The user tower and the item table."""
+
+    dim: int = Field(64, ge=1, le=4096, description="output dimension D of both towers")
+    hidden: list[int] = Field(default_factory=lambda: [256], description="ReLU MLP widths before the output layer")
+    max_history: int = Field(50, ge=1, le=10000, description="most recent items kept in the history")
+    recent: int = Field(
+        0, ge=0, description="also pool the last n items separately and feed the last item (0 = plain mean)"
+    )
+    tie_embeddings: bool = Field(False, description="history embeddings share the output item table")
+    item_bias: bool = True
+    feature_dim: int = Field(16, ge=1, description="embedding width of each categorical user feature")
+    example_age: bool = Field(True, description="Covington et al.'s example-age feature (served as 0)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    normalize: bool = Field(False, description="L2-normalise both towers (cosine); use with temperature")
+    temperature: float = Field(1.0, gt=0.0, description="logits are divided by this")
+
+
+class LossConfig(_Section):
+    """The softmax approximation."""
+
+    kind: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
+    sampler: Literal["log_uniform", "uniform", "unigram", "learned_unigram"] = "log_uniform"
+    num_sampled: int = Field(1000, ge=1, description="negatives per batch, shared by every row")
+    unique: bool = True
+    remove_accidental_hits: bool = True
+    distortion: float = Field(1.0, ge=0.0, description="unigram counts are raised to this power")
+    logq_correction: bool = Field(True, description="subtract log Q (false = biased, for study)")
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("hr@50", pattern=r"^(hr|ndcg)@\d+$")
+    patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
+
+
+class TrainConfig(_Section):
+    """The optimisation loop."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    min_history: int = Field(1, ge=0, description="skip examples whose history is shorter than this")
+    max_examples_per_user: int | None = Field(None, ge=1, description="keep each user's latest n examples")
+    shuffle: bool = True
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = per epoch only)")
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100, 200])
+    batch_size: int = Field(2048, ge=1)
+
+    @model_validator(mode="after")
+    def _ks_positive(self) -> EvalConfig:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("eval.ks must be a non-empty list of positive integers")
+        self.__dict__["ks"] = sorted(set(self.ks))
+        return self
+
+
+class IndexConfig(_Section):
+    factory: str = Field("Flat", description="any faiss.index_factory string, e.g. 'IVF64,Flat', 'HNSW32'")
+    nprobe: int | None = Field(None, ge=1)
+    ef_search: int | None = Field(None, ge=1)
+
+
+class Config(_Section):
+    """The whole run."""
+
+    seed: int = 42
+    run_dir: str | None = Field(None, description="default: runs/<config file name>")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    index: IndexConfig = IndexConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """sha256 of the resolved config (stable key order) — recorded in the export manifest."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Config reference')"
+        parts.append(f"{loc}: {msg}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.batch_size=512' → (['train', 'batch_size'], 512); the value is parsed as YAML."""
+    if "=" not in text:
+        raise RecallError(f"--set {text!r}: expected key.path=value, e.g. --set train.epochs=5")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise RecallError(f"--set {text!r}: empty key; expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_override(raw: dict, path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecallError(f"--set {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def config_from_dict(raw: Any, origin: str = "config") -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecallError(f"{origin}: the top level must be a mapping of sections (data:, model:, …)")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise RecallError(_format_errors(e, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when `path` is None) and apply `--set` overrides."""
+    raw: Any = {}
+    origin = "config"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise RecallError(f"{p}: config file not found; pass the path of a YAML file, e.g. configs/quickstart.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise RecallError(f"{p}:{where} is not valid YAML; fix the syntax") from None
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise RecallError(f"{p}: the top level must be a mapping of sections (data:, model:, …)")
+    for text in overrides or []:
+        path_, value = parse_override(text)
+        apply_override(raw, path_, value)
+    cfg = config_from_dict(raw, origin)
+    if cfg.run_dir is None and path is not None:
+        cfg.run_dir = str(Path("runs") / Path(path).stem)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

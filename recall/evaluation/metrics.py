@@ -1,0 +1,111 @@
+"""Ranking metrics for one held-out item per query: ranks by item id, then HR@K, NDCG@K, MRR@K.
+
+A rank is 0-based (0 = top). A miss is any rank at or beyond the search depth; with a single
+relevant item the ideal DCG is 1, so NDCG@K = 1/log2(rank + 2) for a hit and HR@K = Recall@K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Rank given to targets that can never be found (out of vocabulary, or removed by the filter).
+# Large enough to miss every K, small enough that rank + 2 does not overflow int64.
+MISS_RANK = np.iinfo(np.int64).max // 2
+
+
+def target_ranks(topk_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based position of each target in its row of `topk_ids`.
+
+    Args:
+      topk_ids: `[Q, K]` item ids, best first (-1 for empty slots).
+      targets: `[Q]` held-out item id per query; < 0 means out of vocabulary.
+    Returns:
+      int64 `[Q]`: the rank, or K when the target is not in the row (always for targets < 0).
+    """
+    topk_ids = np.asarray(topk_ids, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if topk_ids.ndim != 2 or topk_ids.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"topk_ids must be [Q, K] with Q = len(targets) = {targets.shape[0]}, "
+            f"got shape {topk_ids.shape}"
+        )
+    depth = topk_ids.shape[1]
+    # The targets >= 0 guard stops an OOV target (-1) from "matching" a -1 padding slot.
+    hits = (topk_ids == targets[:, None]) & (targets[:, None] >= 0)
+    found = hits.any(axis=1)
+    return np.where(found, hits.argmax(axis=1), depth).astype(np.int64)
+
+
+def ranking_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """HR@K, NDCG@K and MRR@K for every K in `ks`, averaged over queries, plus "count".
+
+    `ranks` `[Q]` come from `target_ranks` (miss = search depth) or `popularity_ranks`
+    (miss = MISS_RANK); either way a miss fails `rank < K` for every K up to the search depth,
+    so callers must search at least max(ks) deep. With no queries every metric is 0.0.
+    """
+    ranks = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    count = int(ranks.shape[0])
+    out: dict[str, float] = {}
+    # float64 before adding 2: ranks can be MISS_RANK and only hits use the value anyway.
+    positions = ranks.astype(np.float64)
+    for k in ks:
+        hit = ranks < k
+        if count == 0:
+            hr = ndcg = mrr = 0.0
+        else:
+            hr = float(hit.mean())
+            ndcg = float(np.where(hit, 1.0 / np.log2(positions + 2.0), 0.0).mean())
+            mrr = float(np.where(hit, 1.0 / (positions + 1.0), 0.0).mean())
+        out[f"hr@{k}"] = hr
+        out[f"ndcg@{k}"] = ndcg
+        out[f"mrr@{k}"] = mrr
+    out["count"] = count
+    return out
+
+
+def popularity_ranks(
+    targets: np.ndarray, exclude: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """Ranks under the most-popular baseline, whose ranking is simply item id order.
+
+    Internal ids are sorted by training frequency (id 0 = most popular), so the unfiltered rank
+    of target t is t, and with row q's excluded ids removed it is t minus the number of distinct
+    excluded ids below t.
+
+    Args:
+      targets: `[Q]` item ids; < 0 means out of vocabulary (a miss).
+      exclude: CSR pair `(indptr [Q+1], indices [nnz])` of each query's removed items, or None.
+    Returns:
+      int64 `[Q]`; MISS_RANK for targets < 0 and for targets that are themselves excluded.
+    """
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    num_queries = targets.shape[0]
+    ranks = targets.copy()
+    missed = targets < 0
+    if exclude is not None:
+        indptr = np.asarray(exclude[0], dtype=np.int64)
+        indices = np.asarray(exclude[1], dtype=np.int64)
+        if indptr.shape != (num_queries + 1,):
+            raise ValueError(f"exclude indptr must be [{num_queries + 1}], got {indptr.shape}")
+        rows = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
+        items = indices[indptr[0] : indptr[-1]]
+        rows, items = _unique_pairs(rows, items)
+        # bincount with minlength handles queries with nothing excluded (empty CSR rows).
+        below = items < targets[rows]
+        ranks -= np.bincount(rows[below], minlength=num_queries)
+        missed |= np.bincount(rows[items == targets[rows]], minlength=num_queries) > 0
+    ranks[missed] = MISS_RANK
+    return ranks
+
+
+def _unique_pairs(rows: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop repeated (row, item) pairs and negative items; an item seen twice is removed once."""
+    keep = items >= 0
+    rows, items = rows[keep], items[keep]
+    order = np.lexsort((items, rows))
+    rows, items = rows[order], items[order]
+    first = np.ones(rows.shape[0], dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])
+    return rows[first], items[first]

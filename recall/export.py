@@ -1,0 +1,162 @@
+"""The export bundle (DESIGN.md "Export bundle"): everything a service needs, with only tensorflow + faiss.
+
+    export/
+      manifest.json      format version, dims, metric, normalisation, bias folding, counts, factory,
+                         config hash, package versions, serving signature, sha256 of every file
+      items.faiss        the item index; searching it with the user tower's output gives training logits
+      item_ids.npy       row → raw item id
+      item_vectors.npy   the indexed matrix [N, d] (bias folded in as the last column when present)
+      user_tower/        SavedModel; signature `serving_default(history[, user_features]) → {"query"}`
+
+The bundle is written into a temporary sibling folder, manifest last, then swapped into place.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from recall.evaluation.model_eval import item_vectors
+from recall.index import build_index, save_index
+from recall.io import sha256_file, write_json, write_npy
+
+FORMAT = "recall-export"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ServingTower(tf.Module):
+    """Raw item ids (+ raw user features) → query vector for items.faiss.
+
+    history        int64 or string [batch, L], chronological (most recent last); `pad` entries and
+                   ids unknown to the model are ignored; the last `max_history` known ids are used.
+    user_features  string [batch, F] in the manifest's feature order (only when F > 0); unseen → unknown.
+    returns        {"query": float32 [batch, d]} with d = D (+1 when the bias is folded into the index).
+    """
+
+    def __init__(self, user_tower, item_ids: np.ndarray, feature_vocabs: list[np.ndarray], max_history: int,
+                 with_bias: bool):
+        super().__init__()
+        self.user_tower = user_tower
+        self.max_history = max_history
+        self.with_bias = with_bias
+        self.num_features = len(feature_vocabs)
+        self.string_ids = item_ids.dtype.kind in "USO"
+        key_dtype = tf.string if self.string_ids else tf.int64
+        keys = tf.constant(item_ids.astype(str) if self.string_ids else item_ids.astype(np.int64), key_dtype)
+        self.item_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(item_ids), dtype=tf.int64)), default_value=-1)
+        self.feature_tables = [
+            tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(v.astype(str), tf.string),
+                                                    tf.range(1, len(v) + 1, dtype=tf.int64)), default_value=0)
+            for v in feature_vocabs
+        ]
+        history_spec = tf.TensorSpec([None, None], key_dtype, name="history")
+        if self.num_features:
+            spec = [history_spec, tf.TensorSpec([None, self.num_features], tf.string, name="user_features")]
+            self.serve = tf.function(self._serve_with_features, input_signature=spec)
+        else:
+            self.serve = tf.function(self._serve_history, input_signature=[history_spec])
+
+    def _right_align(self, history):
+        """Known ids moved to the right in order, unknown/pad → -1 on the left; last max_history columns."""
+        ids = self.item_table.lookup(history)  # [B, L], -1 = pad or unknown
+        length = tf.shape(ids)[1]
+        pos = tf.range(length)[None, :]
+        key = tf.where(ids >= 0, length + pos, pos)  # unknown first, known after, each in order
+        ids = tf.gather(ids, tf.argsort(key, axis=1, stable=True), batch_dims=1)
+        ids = tf.pad(ids, [[0, 0], [self.max_history, 0]], constant_values=-1)
+        return tf.cast(ids[:, -self.max_history :], tf.int32)
+
+    def _query(self, history, codes):
+        features = {"history": self._right_align(history), "age": tf.zeros([tf.shape(history)[0]]),
+                    "user_features": codes}
+        q = self.user_tower(features, training=False)
+        if self.with_bias:
+            q = tf.concat([q, tf.ones([tf.shape(q)[0], 1], q.dtype)], axis=1)
+        return {"query": q}
+
+    def _serve_history(self, history):
+        return self._query(history, tf.zeros([tf.shape(history)[0], 0], tf.int32))
+
+    def _serve_with_features(self, history, user_features):
+        codes = [tf.cast(t.lookup(user_features[:, i]), tf.int32) for i, t in enumerate(self.feature_tables)]
+        return self._query(history, tf.stack(codes, axis=1))
+
+
+def _versions() -> dict:
+    import faiss
+    import keras
+
+    from recall import __version__
+
+    return {"recall": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "faiss": faiss.__version__, "numpy": np.__version__}
+
+
+def export_bundle(cfg, data, user_tower, item_tower, out_dir: str | Path) -> Path:
+    """Write the bundle for trained towers to `out_dir`, atomically (temp folder, manifest last, swap)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        vectors, with_bias = item_vectors(item_tower)
+        ix = cfg.index
+        save_index(build_index(vectors, ix.factory, nprobe=ix.nprobe, ef_search=ix.ef_search), tmp / "items.faiss")
+        item_ids = data.split.item_ids
+        if item_ids.dtype == object:
+            item_ids = item_ids.astype(str)
+        write_npy(tmp / "item_ids.npy", item_ids)
+        write_npy(tmp / "item_vectors.npy", vectors)
+        serving = ServingTower(user_tower, item_ids, data.features.vocabs, cfg.model.max_history, with_bias)
+        tf.saved_model.save(serving, str(tmp / "user_tower"), signatures={"serving_default": serving.serve})
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        string_ids = item_ids.dtype.kind in "US"
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "dim": cfg.model.dim,
+            "index_dim": int(vectors.shape[1]),
+            "metric": "inner_product",
+            "normalized": cfg.model.normalize,
+            "temperature": cfg.model.temperature,
+            "bias_folded": with_bias,
+            "num_items": int(vectors.shape[0]),
+            "faiss_factory": ix.factory,
+            "search_params": {"nprobe": ix.nprobe, "efSearch": ix.ef_search},
+            "max_history": cfg.model.max_history,
+            "item_id_dtype": "string" if string_ids else "int64",
+            "history_pad": "" if string_ids else -1,
+            "user_features": data.features.names,
+            "signature": {"name": "serving_default",
+                          "inputs": ["history"] + (["user_features"] if data.features.names else []),
+                          "output": "query"},
+            "config_hash": cfg.hash(),
+            "versions": _versions(),
+            "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
+        }
+        write_json(tmp / MANIFEST, manifest)  # last: a bundle without a manifest is incomplete
+        _swap_in(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace folder `target` by `new`; at every moment either the old or the new bundle is complete."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)

@@ -1,0 +1,141 @@
+"""The two towers as Keras 3 layers.
+
+ItemTower holds exactly the `weights [N, D]` and `biases [N]` that `tf.nn.sampled_softmax_loss`
+takes. UserTower maps (history, user features, example age) to a query vector `[batch, D]` such
+that logit(user, item) = query · weights[item] + biases[item] — temperature and normalisation are
+applied inside the towers, so the same vectors serve training and the faiss index.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+class ItemTower(keras.layers.Layer):
+    """Item embedding table `[num_items, dim]` and optional bias `[num_items]`."""
+
+    def __init__(self, num_items: int, dim: int, use_bias: bool = True, normalize: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_items = num_items
+        self.dim = dim
+        self.use_bias = use_bias
+        self.normalize = normalize
+        self.embeddings = self.add_weight(
+            shape=(num_items, dim),
+            initializer=keras.initializers.TruncatedNormal(stddev=1.0 / dim**0.5),
+            name="embeddings",
+        )
+        self.bias = self.add_weight(shape=(num_items,), initializer="zeros", name="bias", trainable=use_bias)
+
+    def weights_and_biases(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """`[N, D]` output vectors (L2-normalised in cosine mode) and `[N]` biases (zeros without bias)."""
+        w = self.embeddings
+        if self.normalize:
+            w = tf.math.l2_normalize(w, axis=-1)
+        return w, self.bias
+
+    def call(self, ids):
+        """ids int [...] → vectors [..., D]."""
+        w, _ = self.weights_and_biases()
+        return tf.gather(w, ids)
+
+    def get_config(self):
+        return {**super().get_config(), "num_items": self.num_items, "dim": self.dim,
+                "use_bias": self.use_bias, "normalize": self.normalize}
+
+
+class UserTower(keras.layers.Layer):
+    """History (+ recent items) pooling, user-feature embeddings, example age → ReLU MLP → `[batch, D]`.
+
+    Inputs (a dict):
+      history        int32 [batch, max_history]  internal ids, right-aligned, < 0 = padding
+      age            float32 [batch]             example age (0 at serving time); ignored unless example_age
+      user_features  int32 [batch, F]            per-feature codes, 0 = unknown; only when F > 0
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        hidden: list[int],
+        max_history: int,
+        feature_sizes: list[int] | None = None,
+        feature_dim: int = 16,
+        recent: int = 0,
+        example_age: bool = True,
+        dropout: float = 0.0,
+        normalize: bool = False,
+        temperature: float = 1.0,
+        shared_items: ItemTower | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_items = num_items
+        self.dim = dim
+        self.hidden = list(hidden)
+        self.max_history = max_history
+        self.feature_sizes = list(feature_sizes or [])
+        self.feature_dim = feature_dim
+        self.recent = recent
+        self.example_age = example_age
+        self.dropout_rate = dropout
+        self.normalize = normalize
+        self.temperature = temperature
+        # Weight tying: history embeddings are the output table itself (a layer reference, so
+        # checkpoints hold one copy).
+        self.shared_items = shared_items
+        if shared_items is None:
+            self.history_embeddings = self.add_weight(
+                shape=(num_items, dim),
+                initializer=keras.initializers.TruncatedNormal(stddev=1.0 / dim**0.5),
+                name="history_embeddings",
+            )
+        self.feature_embeddings = [
+            keras.layers.Embedding(size + 1, feature_dim, name=f"feature_{i}")
+            for i, size in enumerate(self.feature_sizes)
+        ]
+        self.mlp = [keras.layers.Dense(width, activation="relu", name=f"hidden_{i}") for i, width in enumerate(self.hidden)]
+        self.drop = keras.layers.Dropout(dropout) if dropout > 0 else None
+        self.out = keras.layers.Dense(dim, name="output")
+
+    def _embed_history(self, history):
+        table = self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings
+        mask = ops.cast(history >= 0, "float32")[..., None]  # [B, M, 1]
+        emb = tf.gather(table, ops.maximum(history, 0)) * mask  # [B, M, D]
+        return emb, mask
+
+    @staticmethod
+    def _masked_mean(emb, mask):
+        return ops.sum(emb, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+    def call(self, inputs, training=False):
+        history = inputs["history"]
+        emb, mask = self._embed_history(history)
+        parts = [self._masked_mean(emb, mask)]
+        if self.recent > 0:
+            # History is right-aligned, so the last columns are the most recent items.
+            parts.append(self._masked_mean(emb[:, -self.recent :], mask[:, -self.recent :]))
+            parts.append(emb[:, -1])
+        for i, layer in enumerate(self.feature_embeddings):
+            parts.append(layer(inputs["user_features"][:, i]))
+        if self.example_age:
+            parts.append(ops.cast(inputs["age"], "float32")[:, None])
+        x = ops.concatenate(parts, axis=-1)
+        for layer in self.mlp:
+            x = layer(x)
+            if self.drop is not None:
+                x = self.drop(x, training=training)
+        x = self.out(x)
+        if self.normalize:
+            x = tf.math.l2_normalize(x, axis=-1)
+        # Dividing the query by the temperature divides u·v by it: the index then scores exactly
+        # the training logits.
+        return x / self.temperature
+
+    def get_config(self):
+        return {**super().get_config(), "num_items": self.num_items, "dim": self.dim, "hidden": self.hidden,
+                "max_history": self.max_history, "feature_sizes": self.feature_sizes,
+                "feature_dim": self.feature_dim, "recent": self.recent, "example_age": self.example_age,
+                "dropout": self.dropout_rate, "normalize": self.normalize, "temperature": self.temperature}

@@ -1,0 +1,199 @@
+"""The training entry point: the only module besides cli.py that sees the whole Config.
+
+    prepare_data ─► build_model ─► train loop (step → log → validate → checkpoint) ─► test ─► export
+
+Read `train` top to bottom to see a run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from recall.config import Config, config_from_dict, dump_config
+from recall.data.examples import Examples, Queries, make_examples, make_queries
+from recall.data.features import UserFeatures, empty_features, encode_user_features
+from recall.data.split import Split, leave_last_out
+from recall.errors import RecallError
+from recall.io import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Data:
+    """A prepared dataset: the split, the train examples, the eval queries and user feature codes."""
+
+    split: Split
+    examples: Examples
+    valid: Queries
+    test: Queries
+    features: UserFeatures
+
+
+def load_interactions(cfg: Config):
+    """The interaction frame the config points at (built-in, file or synthetic)."""
+    from recall.data.readers import builtin_dataset_path, read_interactions
+
+    d = cfg.data
+    if d.source == "synthetic":
+        from recall.data.synthetic import synthesize
+
+        return synthesize(**d.synthetic.model_dump())
+    path = builtin_dataset_path(d.name) / "ratings.parquet" if d.source == "builtin" else d.path
+    return read_interactions(path, fmt=d.format, delimiter=d.delimiter, columns=d.columns.model_dump(),
+                             min_rating=d.min_rating)
+
+
+def prepare_data(cfg: Config) -> Data:
+    """Interactions → split → examples and queries (all vectorised)."""
+    df = load_interactions(cfg)
+    split = leave_last_out(df)
+    if split.num_items < 2:
+        raise RecallError("data: fewer than 2 distinct items in train; a retrieval model needs a catalogue")
+    examples = make_examples(split, cfg.model.max_history, cfg.train.min_history, cfg.train.max_examples_per_user)
+    if len(examples) == 0:
+        raise RecallError("data: no training examples; lower train.min_history or give users longer histories")
+    uf = cfg.data.user_features
+    if uf is not None and uf.columns:
+        from recall.data.readers import read_user_features
+
+        table = read_user_features(uf.path, key=uf.key, columns=uf.columns, prefix=uf.prefix)
+        features = encode_user_features(table, split.user_ids)
+    else:
+        features = empty_features(split.num_users)
+    m = cfg.model.max_history
+    return Data(split, examples, make_queries(split, "valid", m), make_queries(split, "test", m), features)
+
+
+def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
+    """(user_tower, item_tower), built (weights created) so checkpoints can restore into them."""
+    import tensorflow as tf
+
+    from recall.model import ItemTower, UserTower
+
+    mc = cfg.model
+    items = ItemTower(num_items, mc.dim, use_bias=mc.item_bias, normalize=mc.normalize, name="items")
+    user = UserTower(
+        num_items, mc.dim, mc.hidden, mc.max_history, feature_sizes=feature_sizes, feature_dim=mc.feature_dim,
+        recent=mc.recent, example_age=mc.example_age, dropout=mc.dropout, normalize=mc.normalize,
+        temperature=mc.temperature, shared_items=items if mc.tie_embeddings else None, name="user",
+    )
+    user({"history": tf.fill([1, mc.max_history], -1), "age": tf.zeros([1]),
+          "user_features": tf.zeros([1, len(feature_sizes)], tf.int32)})
+    return user, items
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad,
+            "sgd": keras.optimizers.SGD}[name](learning_rate=learning_rate)
+
+
+def _check_run_dir(cfg: Config, run_dir: Path) -> None:
+    """A run directory belongs to one experiment: resuming with a different model/data/loss is refused."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    import yaml
+
+    old = config_from_dict(yaml.safe_load(saved.read_text()), str(saved))
+    for section in ("data", "model", "loss"):
+        if getattr(old, section) != getattr(cfg, section):
+            raise RecallError(
+                f"{run_dir}: holds a run with a different '{section}' section; use a new --run-dir, "
+                "or delete the old one to start over"
+            )
+
+
+def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
+    """Train (resuming from the run directory's latest checkpoint), evaluate on test, export.
+
+    Returns the metrics dict that is also written to `run_dir/metrics.json`.
+    """
+    from recall.training.loop import fit
+
+    run_dir = Path(run_dir or cfg.run_dir or "runs/default")
+    _check_run_dir(cfg, run_dir)
+    data = prepare_data(cfg)
+    s = data.split
+    log.info("data: %d users, %d items, %d train interactions, %d examples",
+             s.num_users, s.num_items, int(s.train_indptr[-1]), len(data.examples))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", dump_config(cfg))
+
+    user, items = build_model(cfg, s.num_items, data.features.sizes)
+    summary = fit(cfg, data, user, items, run_dir)
+    metrics = _final_metrics(cfg, data, user, items, summary)
+    write_json(run_dir / "metrics.json", metrics)
+    from recall.report import write_report
+
+    write_report(run_dir, metrics)
+    from recall.export import export_bundle
+
+    export_bundle(cfg, data, user, items, run_dir / "export")
+    return metrics
+
+
+def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
+    from recall.evaluation.model_eval import evaluate_towers
+    from recall.evaluation.protocol import evaluate_popularity
+
+    ks, ix = cfg.eval.ks, cfg.index
+    out = {}
+    for name, queries in (("valid", data.valid), ("test", data.test)):
+        t0 = time.perf_counter()
+        out[name] = evaluate_towers(user, items, queries, data.features.codes, ks, ix.factory, ix.nprobe,
+                                    ix.ef_search, cfg.eval.batch_size)
+        out[name]["seconds"] = round(time.perf_counter() - t0, 3)
+    out["most_popular"] = {"test": evaluate_popularity(data.test.targets, data.test.seen, ks)}
+    out["train"] = summary
+    out["data"] = {"users": data.split.num_users, "items": data.split.num_items,
+                   "train_interactions": int(data.split.train_indptr[-1]), "examples": len(data.examples)}
+    out["index"] = {"factory": ix.factory}
+    return out
+
+
+def load_run(run_dir: str | Path):
+    """(cfg, data, user_tower, item_tower) of a trained run, with its best weights restored."""
+    import tensorflow as tf
+    import yaml
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise RecallError(f"{run_dir}: not a run directory (no config.yaml); pass the directory `recall train` wrote")
+    cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    data = prepare_data(cfg)
+    user, items = build_model(cfg, data.split.num_items, data.features.sizes)
+    best = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "best"))
+    if best is None:
+        raise RecallError(f"{run_dir}/checkpoints/best: no trained weights; run `recall train` on it first")
+    tf.train.Checkpoint(user=user, items=items).restore(best).expect_partial()
+    return cfg, data, user, items
+
+
+def evaluate(run_dir: str | Path, factory: str | None = None) -> dict:
+    """Re-evaluate a trained run (optionally with another faiss index); updates metrics.json."""
+    cfg, data, user, items = load_run(run_dir)
+    if factory:
+        cfg.index.factory = factory
+    path = Path(run_dir) / "metrics.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    metrics = _final_metrics(cfg, data, user, items, previous.get("train", {}))
+    write_json(path, metrics)
+    return metrics
+
+
+def export(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the export bundle of a trained run (default `run_dir/export`)."""
+    from recall.export import export_bundle
+
+    cfg, data, user, items = load_run(run_dir)
+    out = Path(out_dir or Path(run_dir) / "export")
+    export_bundle(cfg, data, user, items, out)
+    return out

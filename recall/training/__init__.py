@@ -1,0 +1,1 @@
+"""Training pieces: candidate samplers, losses, the tf.data input pipeline and the train step."""

@@ -1,0 +1,58 @@
+"""tf.data input: shuffled example indices → batches of (features, labels), histories gathered in-graph.
+
+Examples are stored as (label position, history length) into the flat train sequence (see
+data/examples.py); the `[batch, max_history]` history matrix is built per batch, so memory stays
+O(interactions), not O(interactions × max_history).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from recall.data.examples import PAD, Examples
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The example order of one epoch: a permutation fixed by (seed, epoch), so a resumed run replays it."""
+    if not shuffle:
+        return np.arange(num_examples, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int64)
+
+
+class ExampleBatcher:
+    """Holds the example arrays as tensors and turns index batches into model inputs.
+
+    __call__(idx int64 [B]) → ({"history": int32 [B, M], "age": float32 [B], "user_features": int32 [B, F]},
+                               labels int64 [B])
+    """
+
+    def __init__(self, train_items: np.ndarray, examples: Examples, user_codes: np.ndarray, max_history: int):
+        self.max_history = max_history
+        self.seq = tf.constant(train_items, dtype=tf.int32)
+        self.label_pos = tf.constant(examples.label_pos, dtype=tf.int64)
+        self.hist_len = tf.constant(examples.hist_len.astype(np.int64))
+        self.user = tf.constant(examples.user.astype(np.int64))
+        self.age = tf.constant(examples.age, dtype=tf.float32)
+        self.user_codes = tf.constant(user_codes, dtype=tf.int32)
+
+    def __call__(self, idx):
+        m = self.max_history
+        pos = tf.gather(self.label_pos, idx)  # [B]
+        length = tf.gather(self.hist_len, idx)  # [B]
+        cols = tf.range(m, dtype=tf.int64)
+        hist_idx = pos[:, None] - m + cols[None, :]  # [B, M]: rows before the label only
+        valid = cols[None, :] >= (m - length[:, None])
+        history = tf.where(valid, tf.gather(self.seq, tf.maximum(hist_idx, 0)), PAD)
+        features = {
+            "history": history,
+            "age": tf.gather(self.age, idx),
+            "user_features": tf.gather(self.user_codes, tf.gather(self.user, idx)),
+        }
+        return features, tf.cast(tf.gather(self.seq, pos), tf.int64)
+
+    def dataset(self, order: np.ndarray, batch_size: int, skip_batches: int = 0) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        if skip_batches:
+            ds = ds.skip(skip_batches)
+        return ds.map(self, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

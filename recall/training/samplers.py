@@ -1,0 +1,73 @@
+"""Candidate samplers: one small function per sampler, all returning TF's `sampled_values` triple.
+
+A sampler is called once per batch with the labels `[batch, 1]` (int64) and returns
+
+    (sampled_candidates [S] int64, true_expected_count [batch, 1] float32, sampled_expected_count [S] float32)
+
+The S candidates are shared by every row of the batch. `tf.nn.sampled_softmax_loss` subtracts
+log(expected_count) from each logit — the importance-sampling (log Q) correction — so the
+expected counts must be the sampler's true Q (times the number of tries), or the loss is biased.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+Sampler = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
+
+SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
+
+
+def make_sampler(
+    kind: str,
+    num_sampled: int,
+    num_classes: int,
+    unique: bool = True,
+    item_counts: np.ndarray | None = None,
+    distortion: float = 1.0,
+    logq_correction: bool = True,
+    seed: int | None = None,
+) -> Sampler:
+    """Build the sampler named `kind` over `num_classes` items.
+
+    - `log_uniform`: Zipfian Q(id) = log((id+2)/(id+1)) / log(N+1). Only a popularity model because
+      internal ids are sorted by training frequency (id 0 = most frequent, see data/split.py).
+    - `uniform`: Q = 1/N.
+    - `unigram`: Q ∝ count(id) ** distortion from `item_counts` [N] (training frequencies).
+    - `learned_unigram`: Q ∝ counts of the labels seen so far in training (TF keeps them).
+    With `logq_correction=False` both expected counts are 1, so no correction is applied.
+    """
+    common = dict(num_true=1, num_sampled=num_sampled, unique=unique, range_max=num_classes, seed=seed)
+    if kind == "log_uniform":
+        def draw(labels):
+            return tf.random.log_uniform_candidate_sampler(labels, **common)
+    elif kind == "uniform":
+        def draw(labels):
+            return tf.random.uniform_candidate_sampler(labels, **common)
+    elif kind == "unigram":
+        if item_counts is None or len(item_counts) != num_classes:
+            raise ValueError("unigram sampler needs item_counts of length num_classes")
+        # Items are in the vocabulary because they occur in train, so every count is ≥ 1.
+        unigrams = [float(c) for c in item_counts]
+
+        def draw(labels):
+            return tf.random.fixed_unigram_candidate_sampler(
+                labels, distortion=distortion, unigrams=unigrams, **common
+            )
+    elif kind == "learned_unigram":
+        def draw(labels):
+            return tf.random.learned_unigram_candidate_sampler(labels, **common)
+    else:
+        raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS}")
+
+    def sampler(labels):
+        sampled, true_expected, sampled_expected = draw(labels)
+        if not logq_correction:
+            true_expected = tf.ones_like(true_expected)
+            sampled_expected = tf.ones_like(sampled_expected)
+        return tf.stop_gradient(sampled), tf.stop_gradient(true_expected), tf.stop_gradient(sampled_expected)
+
+    return sampler
