@@ -110,10 +110,6 @@ def _cmd_query(args) -> int:
         if unknown:
             raise RecallError(f"--feature {unknown[0]}: not a feature of this model; it has {names or 'none'}")
         features = [[given.get(n, "") for n in names]]
-    known = rec.rows_of(history)
-    if len(history) and (known < 0).any():
-        print(f"note: ignored unknown item ids: {', '.join(h for h, r in zip(history, known) if r < 0)}",
-              file=sys.stderr)
     ids, scores = rec.recommend([history], k=args.k, exclude_seen=not args.include_seen,
                                 user_features=features, return_scores=True)
     if args.json:
@@ -141,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s")
-        for noisy in ("tensorflow", "absl", "h5py", "matplotlib"):
+        for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "faiss"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
                    "query": _cmd_query, "data": _cmd_data}[args.command]

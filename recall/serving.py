@@ -133,7 +133,9 @@ class Recommender:
         rows = [self.rows_of(h) for h in histories]
         unknown = sum(int((r < 0).sum()) for r in rows)
         if unknown:
-            log.warning("%d history item id(s) unknown to the model were ignored", unknown)
+            bad = [h for hist, r in zip(histories, rows) for h, x in zip(hist, r) if x < 0][:10]
+            log.warning("ignored %d history item id(s) unknown to the model: %s", unknown,
+                        ", ".join(map(str, bad)))
         queries = self.query_vectors(histories, user_features)
         exclude = None
         if exclude_seen:
