@@ -57,11 +57,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_tensorflow_quietly(verbose: bool) -> None:
+    """Import TensorFlow (and probe devices) with the C++ stderr silenced.
+
+    Its absl start-up lines ("All log messages before absl::InitializeLog()", oneDNN, cuInit)
+    ignore TF_CPP_MIN_LOG_LEVEL and would bury a one-line `error:`. Python errors still raise.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the cuInit probe logs an error line on GPU-less hosts
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cmd_train(args) -> int:
     import recall
     from recall.report import metrics_table
 
     cfg = recall.load_config(args.config, args.overrides)
+    _import_tensorflow_quietly(args.verbose)
     run_dir = Path(args.run_dir or cfg.run_dir)
     metrics = recall.train(cfg, run_dir)
     ks = cfg.eval.ks
@@ -139,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "faiss"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        if args.command in ("evaluate", "export", "query"):
+            _import_tensorflow_quietly(args.verbose)
         handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
                    "query": _cmd_query, "data": _cmd_data}[args.command]
         return handler(args)

@@ -223,6 +223,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise RecallError(f"{p}: config file not found; pass the path of a YAML file, e.g. configs/quickstart.yaml")
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:  # e.g. a data file passed where the config goes
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise RecallError(f"{p}: cannot read it as a YAML config ({reason}); pass a .yaml file, "
+                              "e.g. configs/quickstart.yaml") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""

@@ -115,12 +115,18 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
 
     Returns the metrics dict that is also written to `run_dir/metrics.json`.
     """
-    from recall.training.loop import fit
-
     run_dir = Path(run_dir or cfg.run_dir or "runs/default")
     _check_run_dir(cfg, run_dir)
     data = prepare_data(cfg)
     s = data.split
+    # Checked before the run directory is created: a config.yaml left by a refused run would make
+    # the corrected rerun fail _check_run_dir ("holds a run with a different 'loss' section").
+    lc = cfg.loss
+    if lc.kind == "sampled_softmax" and lc.num_sampled >= s.num_items:
+        raise RecallError(f"loss.num_sampled={lc.num_sampled} must be smaller than the catalogue "
+                          f"({s.num_items} items); lower it or use loss.kind=full_softmax")
+    from recall.training.loop import fit  # TensorFlow: imported once the inputs are known to be good
+
     log.info("data: %d users, %d items, %d train interactions, %d examples",
              s.num_users, s.num_items, int(s.train_indptr[-1]), len(data.examples))
     run_dir.mkdir(parents=True, exist_ok=True)

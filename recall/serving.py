@@ -112,7 +112,8 @@ class Recommender:
         pad = self.manifest["history_pad"]
         width = max([len(h) for h in histories] + [1])
         coerced = [self._coerce(h) for h in histories]
-        dtype = str if self._string_ids else np.int64
+        # object, not str: np.full(..., "", dtype=str) is '<U1' and would cut every id to one character.
+        dtype = object if self._string_ids else np.int64
         batch = np.full((len(histories), width), pad, dtype=dtype)
         for r, h in enumerate(coerced):
             batch[r, width - len(h):] = h

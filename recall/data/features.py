@@ -31,7 +31,7 @@ class UserFeatures:
     def encode(self, values: dict[str, np.ndarray]) -> np.ndarray:
         """Raw string values per feature (each [R]) → int32 codes [R, F]; unseen values → 0."""
         cols = []
-        for name, vocab in zip(self.names, self.vocabs):
+        for name, vocab in zip(self.names, self.vocabs, strict=True):
             raw = np.asarray(values[name]).astype(str)
             pos = np.searchsorted(vocab, raw).clip(0, max(len(vocab) - 1, 0))
             found = (vocab[pos] == raw) if len(vocab) else np.zeros(len(raw), bool)

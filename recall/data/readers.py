@@ -42,6 +42,8 @@ _RATINGS_DAT = ["user_id", "item_id", "rating", "timestamp"]  # UserID::MovieID:
 _USERS_DAT = ["user_id", "gender", "age", "occupation", "zip_code"]  # UserID::Gender::Age::Occupation::Zip-code
 _BUILTIN = {"ml-latest-small": "ml_latest_small"}
 _INT_TEXT = r"[+-]?\d{1,18}"  # fits int64
+_FORMAT_FIX = "set data.format to parquet, csv or movielens"
+_USERS_FIX = "give data.user_features.path a suffix that matches its content (.parquet, .csv or .dat)"
 
 
 def builtin_dataset_path(name: str = "ml-latest-small") -> Path:
@@ -71,9 +73,9 @@ def read_interactions(
             raise RecallError(f"data.columns.{key}: unknown key; use one of {', '.join(names)}")
         names[key] = value
     file = _resolve(path, ("ratings.parquet", "ratings.csv", "ratings.dat"), "data.path")
-    kind = _kind(file, fmt)
+    kind = _kind(file, fmt, _FORMAT_FIX)
     sep = _delimiter(file, delimiter) if kind == "csv" else None
-    found = _header(file, kind, sep, _RATINGS_DAT)
+    found = _header(file, kind, sep, _RATINGS_DAT, _FORMAT_FIX)
     if kind == "dat":  # fixed layout, no header: the configured names do not apply
         names = {k: DEFAULT_COLUMNS[k] for k in names}
     col = {k: _find(file, found, names[k], k, sep) for k in ("user", "item", "timestamp")}
@@ -84,7 +86,7 @@ def read_interactions(
             f"{names['rating']!r} (columns found: {_list(found)}); set data.columns.rating or remove data.min_rating"
         )
     usecols = list(dict.fromkeys([*col.values(), *([rating] if rating else [])]))
-    raw = _load(file, kind, sep, usecols, _RATINGS_DAT, as_text=False)
+    raw = _load(file, kind, sep, usecols, _RATINGS_DAT, _FORMAT_FIX, as_text=False)
     if raw.empty:
         raise RecallError(f"{file}: no interactions (the file has no data rows); point data.path at a non-empty file")
     df = pd.DataFrame({
@@ -122,9 +124,9 @@ def read_user_features(
     the first n characters of a column, e.g. {"zip_code": 2}.
     """
     file = _resolve(path, ("users.parquet", "users.csv", "users.dat"), "data.user_features.path")
-    kind = _kind(file, "auto")
+    kind = _kind(file, "auto", _USERS_FIX)
     sep = _delimiter(file, delimiter) if kind == "csv" else None
-    found = _header(file, kind, sep, _USERS_DAT)
+    found = _header(file, kind, sep, _USERS_DAT, _USERS_FIX)
     if key not in found:
         raise RecallError(
             f"{file}: no key column {key!r} (columns found: {_list(found)}); set data.user_features.key"
@@ -142,14 +144,14 @@ def read_user_features(
             raise RecallError(f"data.user_features.prefix.{c}: {c!r} is not one of the feature columns {wanted}")
         if n < 1:
             raise RecallError(f"data.user_features.prefix.{c}: must be at least 1 (got {n})")
-    raw = _load(file, kind, sep, list(dict.fromkeys([key, *wanted])), _USERS_DAT, as_text=True)
+    raw = _load(file, kind, sep, list(dict.fromkeys([key, *wanted])), _USERS_DAT, _USERS_FIX, as_text=True)
     if raw.empty:
         raise RecallError(f"{file}: no users (the file has no data rows); point data.user_features.path at a non-empty file")
     ids = _ids(raw[key], file, key, "user", from_text=kind != "parquet")
     dup = ids.duplicated()
     if dup.any():
         raise RecallError(
-            f"{file}: {int(dup.sum())} user ids appear more than once in column {key!r} "
+            f"{file}: column {key!r} lists {ids[dup].nunique()} user id(s) more than once "
             f"(e.g. {ids[dup].iloc[0]!r}); keep one row per user"
         )
     out = {}
@@ -197,14 +199,13 @@ def _suffix(file: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _kind(file: Path, fmt: str) -> str:
+def _kind(file: Path, fmt: str, fix: str) -> str:
     """parquet, csv or dat (the MovieLens '::' layout)."""
     suffix = _suffix(file)
     if fmt == "auto":
         if suffix not in _SUFFIX_KIND:
             raise RecallError(
-                f"{file}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
-                "set data.format to parquet, csv or movielens"
+                f"{file}: cannot tell the format from the suffix {suffix or '(none)'!r}; {fix}"
             )
         return _SUFFIX_KIND[suffix]
     if fmt == "movielens":
@@ -226,7 +227,7 @@ def _delimiter(file: Path, given: str | None) -> str:
         with _open_bytes(file) as f:
             sample = f.read(64 * 1024).decode("utf-8", errors="replace")
     except OSError as e:
-        raise _unreadable(file, "csv", e) from None
+        raise _unreadable(file, "csv", e, "fix its permissions") from None
     lines = sample.splitlines()[:50] or [""]
     try:
         return csv.Sniffer().sniff("\n".join(lines), delimiters=_DELIMITERS).delimiter
@@ -236,7 +237,7 @@ def _delimiter(file: Path, given: str | None) -> str:
         return best if counts[best] else ("\t" if _suffix(file) == ".tsv" else ",")
 
 
-def _header(file: Path, kind: str, sep: str | None, dat_names: list[str]) -> list[str]:
+def _header(file: Path, kind: str, sep: str | None, dat_names: list[str], fix: str) -> list[str]:
     try:
         if kind == "parquet":
             return list(pq.read_schema(file).names)
@@ -245,18 +246,18 @@ def _header(file: Path, kind: str, sep: str | None, dat_names: list[str]) -> lis
                 first = f.readline()
             if first.strip() and b"::" not in first:
                 raise RecallError(
-                    f"{file}: not a MovieLens .dat file (no '::' in the first line); set data.format to csv or parquet"
+                    f"{file}: not a MovieLens .dat file (no '::' in the first line); {fix}"
                 )
             return list(dat_names)
         return [str(c) for c in _read_csv(file, sep, nrows=0).columns]
     except pd.errors.EmptyDataError:
         raise RecallError(f"{file}: the file is empty; point the path at a file with a header and rows") from None
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
-        raise _unreadable(file, kind, e) from None
+        raise _unreadable(file, kind, e, fix) from None
 
 
 def _load(file: Path, kind: str, sep: str | None, usecols: list[str], dat_names: list[str],
-          as_text: bool) -> pd.DataFrame:
+          fix: str, as_text: bool) -> pd.DataFrame:
     try:
         if kind == "parquet":
             return pd.read_parquet(file, columns=usecols)
@@ -269,7 +270,7 @@ def _load(file: Path, kind: str, sep: str | None, usecols: list[str], dat_names:
                                usecols=usecols, dtype=dtype, encoding="latin-1")
         return _read_csv(file, sep, usecols=usecols, dtype=dtype)
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
-        raise _unreadable(file, kind, e) from None
+        raise _unreadable(file, kind, e, fix) from None
 
 
 def _read_csv(file: Path, sep: str | None, **kwargs) -> pd.DataFrame:
@@ -280,11 +281,11 @@ def _read_csv(file: Path, sep: str | None, **kwargs) -> pd.DataFrame:
         return pd.read_csv(file, sep=sep, engine=engine, encoding="latin-1", **kwargs)
 
 
-def _unreadable(file: Path, kind: str, err: Exception) -> RecallError:
+def _unreadable(file: Path, kind: str, err: Exception, fix: str) -> RecallError:
     lines = str(err).strip().splitlines()
     reason = lines[0][:160] if lines else type(err).__name__
     name = {"parquet": "Parquet", "csv": "CSV", "dat": "MovieLens .dat"}[kind]
-    return RecallError(f"{file}: cannot read it as {name} ({reason}); check the file is intact or set data.format")
+    return RecallError(f"{file}: cannot read it as {name} ({reason}); check the file is intact, or {fix}")
 
 
 def _find(file: Path, found: list[str], want: str, logical: str, sep: str | None,
@@ -305,6 +306,10 @@ def _find(file: Path, found: list[str], want: str, logical: str, sep: str | None
     raise RecallError(
         f"{file}: no {_WHAT[logical]} column {want!r} (columns found: {_list(found)}); set data.columns.{logical}"
     )
+
+
+def _rows(n: int) -> str:
+    return "1 row has" if n == 1 else f"{n} rows have"
 
 
 def _list(names: list[str], limit: int = 20) -> str:
@@ -328,7 +333,7 @@ def _ids(s: pd.Series, file: Path, col: str, logical: str, from_text: bool = Fal
         missing |= s.astype(str).str.strip() == ""
     if missing.any():
         raise RecallError(
-            f"{file}: {int(missing.sum())} rows have no {_WHAT[logical]} (column {col!r} is empty/NaN); "
+            f"{file}: {_rows(int(missing.sum()))} no {_WHAT[logical]} (column {col!r} is empty/NaN); "
             "clean the file: drop or fill those rows"
         )
     if isinstance(s.dtype, pd.CategoricalDtype):
@@ -355,7 +360,7 @@ def _timestamps(s: pd.Series, file: Path, col: str) -> pd.Series:
     n_missing = int(s.isna().sum())
     if n_missing:
         raise RecallError(
-            f"{file}: {n_missing} rows have no timestamp (column {col!r}); clean the file: drop or fill those rows"
+            f"{file}: {_rows(n_missing)} no timestamp (column {col!r}); clean the file: drop or fill those rows"
         )
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         s = s.dt.tz_convert("UTC").dt.tz_localize(None)

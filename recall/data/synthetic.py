@@ -150,13 +150,14 @@ def _redraw_repeats(rng, cat: _Catalogue, user, topic, item, num_items: int) -> 
                 break
             new_item = cat.draw(rng, topic[pending], where)
             new_key = user[pending] * num_items + new_item
-            at = np.minimum(np.searchsorted(seen, new_key), len(seen) - 1)
-            fresh = np.flatnonzero(seen[at] != new_key)
-            # Two pending slots of one user may draw the same new item: accept only the first.
-            uniq, first = np.unique(new_key[fresh], return_index=True)
-            accepted = fresh[first]
+            by_key = np.argsort(new_key, kind="stable")
+            k = new_key[by_key]
+            at = np.searchsorted(seen, k)  # sorted queries: ~40x faster than random ones
+            ok = seen[np.minimum(at, len(seen) - 1)] != k
+            ok[1:] &= k[1:] != k[:-1]  # two slots of one user drew the same item: keep the first
+            accepted = by_key[ok]
             item[pending[accepted]] = new_item[accepted]
-            seen = np.insert(seen, np.searchsorted(seen, uniq), uniq)
+            seen = np.insert(seen, at[ok], k[ok])
             pending = np.delete(pending, accepted)
     keep = np.ones(len(key), dtype=bool)
     keep[pending] = False

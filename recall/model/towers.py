@@ -28,6 +28,9 @@ class ItemTower(keras.layers.Layer):
             name="embeddings",
         )
         self.bias = self.add_weight(shape=(num_items,), initializer="zeros", name="bias", trainable=use_bias)
+        # All state exists now. Without this a tied UserTower (which holds this layer) sees an
+        # "unbuilt" sublayer when it is first called and Keras warns that it may fail later.
+        self.built = True
 
     def weights_and_biases(self) -> tuple[tf.Tensor, tf.Tensor]:
         """`[N, D]` output vectors (L2-normalised in cosine mode) and `[N]` biases (zeros without bias)."""
@@ -97,6 +100,10 @@ class UserTower(keras.layers.Layer):
             for i, size in enumerate(self.feature_sizes)
         ]
         self.mlp = [keras.layers.Dense(width, activation="relu", name=f"hidden_{i}") for i, width in enumerate(self.hidden)]
+        # tf.train.Checkpoint does not look inside Keras 3's tracked lists (keras-team/keras#18398):
+        # without an attribute of their own these layers' weights are missing from every checkpoint.
+        for layer in [*self.feature_embeddings, *self.mlp]:
+            setattr(self, layer.name, layer)
         self.drop = keras.layers.Dropout(dropout) if dropout > 0 else None
         self.out = keras.layers.Dense(dim, name="output")
 

@@ -75,7 +75,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     es = tc.early_stopping
     metric = es.metric if es else f"hr@{min(50, max(cfg.eval.ks))}"
-    stopped_early = False
+    # A run that already stopped early stays stopped when `recall train` is called on it again.
+    stopped_early = bool(es) and int(state["bad_epochs"]) >= es.patience
 
     while int(state["epoch"]) < tc.epochs and not stopped_early:
         epoch = int(state["epoch"])
