@@ -138,7 +138,7 @@ def _cmd_query(args) -> int:
         print(json.dumps({"items": ids[0], "scores": scores[0]}))
     else:
         print(f"{'rank':>4}  {'item':>10}  score")
-        for r, (i, s) in enumerate(zip(ids[0], scores[0]), 1):
+        for r, (i, s) in enumerate(zip(ids[0], scores[0], strict=True), 1):
             print(f"{r:>4}  {i!s:>10}  {s:.4f}")
     return 0
 

@@ -125,7 +125,8 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     if lc.kind == "sampled_softmax" and lc.num_sampled >= s.num_items:
         raise RecallError(f"loss.num_sampled={lc.num_sampled} must be smaller than the catalogue "
                           f"({s.num_items} items); lower it or use loss.kind=full_softmax")
-    from recall.training.loop import fit  # TensorFlow: imported once the inputs are known to be good
+    # TensorFlow is imported only once the inputs are known to be good.
+    from recall.training.loop import fit
 
     log.info("data: %d users, %d items, %d train interactions, %d examples",
              s.num_users, s.num_items, int(s.train_indptr[-1]), len(data.examples))
@@ -139,7 +140,7 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     from recall.report import write_report
 
     write_report(run_dir, metrics)
-    from recall.export import export_bundle
+    from recall.bundle import export_bundle
 
     export_bundle(cfg, data, user, items, run_dir / "export")
     return metrics
@@ -197,7 +198,7 @@ def evaluate(run_dir: str | Path, factory: str | None = None) -> dict:
 
 def export(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write the export bundle of a trained run (default `run_dir/export`)."""
-    from recall.export import export_bundle
+    from recall.bundle import export_bundle
 
     cfg, data, user, items = load_run(run_dir)
     out = Path(out_dir or Path(run_dir) / "export")

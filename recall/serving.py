@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from recall.errors import RecallError
-from recall.export import FORMAT, FORMAT_VERSION, MANIFEST
+from recall.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 from recall.io import sha256_file
 
 log = logging.getLogger(__name__)

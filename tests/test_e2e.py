@@ -15,7 +15,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 tf = pytest.importorskip("tensorflow")
@@ -258,7 +257,7 @@ def test_outside_client_python_api_and_cli_agree(run, rec, tmp_path):
     assert result["recommendations"] == expected
     assert cli_result["items"] == expected[0]
     assert len(cli_result["scores"]) == k and cli_result["scores"] == sorted(cli_result["scores"], reverse=True)
-    for history, top in zip(histories, expected):
+    for history, top in zip(histories, expected, strict=True):
         assert len(top) == k and not set(top) & set(history)
 
 
@@ -290,7 +289,7 @@ def test_string_item_ids_work_end_to_end(tmp_path, capsys):
 
     top = rec.recommend(histories, k=5)
     assert all(len(t) == 5 and all(isinstance(i, str) and i.startswith("i") for i in t) for t in top)
-    assert all(not set(t) & set(h) for t, h in zip(top, histories))
+    assert all(not set(t) & set(h) for t, h in zip(top, histories, strict=True))
     assert rec.recommend([histories[0] + ["no-such-item"]], k=5) == top[:1]
 
     capsys.readouterr()
@@ -400,6 +399,7 @@ def test_early_stopping_when_validation_does_not_improve(small_log, tmp_path):
     overrides = ("train.epochs=4", "train.learning_rate=1e-9", "train.early_stopping.patience=1",
                  "train.early_stopping.metric=hr@20")
     metrics = recall.train(_config(small_log, *overrides), run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["train"] == metrics["train"]
     history = json.loads((run_dir / "history.json").read_text())
     t = metrics["train"]
     assert t["stopped_early"] is True and t["epochs"] == 2 == len(history["epochs"])

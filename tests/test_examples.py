@@ -190,7 +190,7 @@ def test_valid_queries_are_the_train_sequence(max_history):
 def test_test_queries_append_the_validation_item(max_history):
     split = random_split(10)
     q = make_queries(split, "test", max_history)
-    full = [s + ([int(v)] if v >= 0 else []) for (s, _), v in zip(sequences(split), split.valid_items)]
+    full = [s + ([int(v)] if v >= 0 else []) for (s, _), v in zip(sequences(split), split.valid_items, strict=True)]
     assert q.targets.tolist() == split.test_items.tolist()
     assert q.history.tolist() == [padded(s[-max_history:], max_history) for s in full]
     assert seen_lists(q) == full

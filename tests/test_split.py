@@ -123,10 +123,10 @@ def test_build_vocabulary_and_lookup():
 def test_random_log_matches_brute_force():
     rng = np.random.default_rng(7)
     n = 400
-    df = frame(zip(rng.integers(0, 40, n), rng.integers(0, 30, n), rng.integers(0, 20, n)))
+    df = frame(zip(rng.integers(0, 40, n), rng.integers(0, 30, n), rng.integers(0, 20, n), strict=True))
     split = leave_last_out(df)
     per_user = {}
-    for u, i, t in sorted(df.itertuples(index=False, name=None), key=lambda r: (r[0], r[2], r[1])):
+    for u, i, _t in sorted(df.itertuples(index=False, name=None), key=lambda r: (r[0], r[2], r[1])):
         per_user.setdefault(u, []).append(i)
     kept = {u: s for u, s in per_user.items() if len(s) >= 3}
     assert split.user_ids.tolist() == sorted(kept)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import sys
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +161,3 @@ def _swap_in(new: Path, target: Path) -> None:
     else:
         os.replace(new, target)
 
-
-class _CallableModule(types.ModuleType):
-    """Importing this module binds it to the attribute `recall.export`, shadowing the API function
-    `recall.export(run_dir, out_dir=None)` of recall/__init__.py; calling the module does the same."""
-
-    def __call__(self, run_dir, out_dir=None):
-        from recall.pipeline import export
-
-        return export(run_dir, out_dir)
-
-
-sys.modules[__name__].__class__ = _CallableModule
