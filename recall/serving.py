@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recall.errors import RecallError
 from recall.bundle import FORMAT, FORMAT_VERSION, MANIFEST
+from recall.errors import RecallError
 from recall.io import sha256_file
 
 log = logging.getLogger(__name__)
