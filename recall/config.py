@@ -94,15 +94,33 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    """The softmax approximation."""
+    """The softmax approximation and its candidate sampler."""
 
-    kind: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
-    sampler: Literal["log_uniform", "uniform", "unigram", "learned_unigram"] = "log_uniform"
-    num_sampled: int = Field(1000, ge=1, description="negatives per batch, shared by every row")
+    kind: Literal["sampled_softmax", "full_softmax", "nce", "neg"] = Field(
+        "sampled_softmax", description="neg = word2vec negative sampling: logistic loss without log Q"
+    )
+    sampler: Literal["log_uniform", "uniform", "unigram", "learned_unigram", "in_batch", "mixed"] = "log_uniform"
+    num_sampled: int = Field(1000, ge=1, description="negatives per batch, shared by every row (mixed: besides the batch)")
     unique: bool = True
     remove_accidental_hits: bool = True
     distortion: float = Field(1.0, ge=0.0, description="unigram counts are raised to this power")
     logq_correction: bool = Field(True, description="subtract log Q (false = biased, for study)")
+    mixed_base: Literal["log_uniform", "uniform", "unigram", "learned_unigram"] = Field(
+        "unigram", description="the sampler whose candidates `mixed` adds to the batch's labels"
+    )
+    frequency: Literal["counted", "streaming"] = Field(
+        "counted", description="in_batch/mixed item frequency: training counts, or Yi et al.'s online estimate"
+    )
+    streaming_alpha: float = Field(0.01, gt=0.0, le=1.0, description="learning rate of the streaming estimator")
+
+    @model_validator(mode="after")
+    def _in_batch_removes_own_positive(self) -> LossConfig:
+        if self.sampler in ("in_batch", "mixed") and not self.remove_accidental_hits:
+            raise ValueError(
+                "loss.remove_accidental_hits must be true with in_batch/mixed: each row's own positive is "
+                "among the candidates and must not count as its negative"
+            )
+        return self
 
 
 class EarlyStoppingConfig(_Section):

@@ -122,7 +122,7 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     # Checked before the run directory is created: a config.yaml left by a refused run would make
     # the corrected rerun fail _check_run_dir ("holds a run with a different 'loss' section").
     lc = cfg.loss
-    if lc.kind == "sampled_softmax" and lc.num_sampled >= s.num_items:
+    if lc.kind != "full_softmax" and lc.sampler != "in_batch" and lc.num_sampled >= s.num_items:
         raise RecallError(f"loss.num_sampled={lc.num_sampled} must be smaller than the catalogue "
                           f"({s.num_items} items); lower it or use loss.kind=full_softmax")
     # TensorFlow is imported only once the inputs are known to be good.

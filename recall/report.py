@@ -26,18 +26,25 @@ def _ks(metrics: dict) -> list[int]:
 
 
 def _plot(path: Path, draw) -> None:
-    import matplotlib
+    # A bare Figure (no pyplot) leaves the caller's matplotlib backend alone — notebooks keep inline plots.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    fig = Figure(figsize=(5.5, 3.6), dpi=110)
+    ax = fig.add_subplot()
     draw(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
+
+
+def _sampler_line(info: dict | None) -> str:
+    if not info:
+        return "No sampler (exact softmax over the catalogue)."
+    return (f"Sampler `{info['sampler']}`: KL(train item frequency ‖ sampler Q) = {info['kl_train_vs_q']} nats; "
+            f"the top 1% of items hold {info['p_top1pct_mass']:.1%} of training positives and "
+            f"{info['q_top1pct_mass']:.1%} of the sampler's draws. A large KL means the log Q correction "
+            "has to do more work (higher variance): consider `unigram` or `in_batch`.")
 
 
 def write_report(run_dir: str | Path, metrics: dict) -> Path:
@@ -81,7 +88,8 @@ Data: {d.get('users')} users, {d.get('items')} items, {d.get('train_interactions
 {d.get('examples')} training examples. Index: `{metrics.get('index', {}).get('factory')}`.
 
 Training: {t.get('epochs')} epochs, {t.get('steps')} steps, {t.get('seconds')} s,
-{t.get('examples_per_sec')} examples/s, loss `{t.get('loss')}`, sampler `{t.get('sampler')}`.
+{t.get('examples_per_sec')} examples/s, loss `{t.get('loss')}`.
+{_sampler_line(t.get('sampler'))}
 
 ## Test (leave-last-out, full ranking over the catalogue)
 

@@ -136,7 +136,7 @@ def test_sampled_softmax_hand_computed():
     w = tf.constant([[1.0], [2.0], [0.0]])
     b = tf.zeros([3])
     sampler = _fixed_sampler([1, 2], [[1.0], [1.0]], [1.0, 1.0])
-    loss = sampled_softmax(w, b, tf.constant([0, 1]), tf.constant([[1.0], [0.0]]), sampler, 2)
+    loss = sampled_softmax(w, b, tf.constant([0, 1]), tf.constant([[1.0], [0.0]]), sampler)
     expected = (np.log(np.e + np.e**2 + 1) - 1 + np.log(2)) / 2
     np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
 
@@ -154,7 +154,7 @@ def test_sampled_softmax_matches_numpy(remove_hits):
     sampled_expected = rng.uniform(0.2, 2.0, size=len(candidates)).astype(np.float32)
     sampler = _fixed_sampler(candidates, true_expected, sampled_expected)
     loss = sampled_softmax(tf.constant(w), tf.constant(b), tf.constant(labels), tf.constant(q), sampler,
-                           len(candidates), remove_accidental_hits=remove_hits)
+                           remove_accidental_hits=remove_hits)
     expected = _np_sampled_softmax(w, b, labels, q, candidates, true_expected, sampled_expected, remove_hits)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 

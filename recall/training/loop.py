@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import tensorflow as tf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from recall.config import Config
 from recall.errors import RecallError
 from recall.evaluation.model_eval import evaluate_towers
 from recall.io import write_json
 from recall.training.inputs import ExampleBatcher, epoch_order
+from recall.training.sampler_stats import sampler_report
 from recall.training.samplers import make_sampler
 from recall.training.step import make_loss_fn, make_train_step, trainable_variables
 
@@ -35,17 +36,17 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     tc, lc = cfg.train, cfg.loss
     tf.random.set_seed(cfg.seed)
     num_items = data.split.num_items
-    if lc.kind == "sampled_softmax" and lc.num_sampled >= num_items:
-        raise RecallError(f"loss.num_sampled={lc.num_sampled} must be smaller than the catalogue "
-                          f"({num_items} items); lower it or use loss.kind=full_softmax")
     sampler = None
-    if lc.kind == "sampled_softmax":
+    if lc.kind != "full_softmax":
+        # NEG is NCE without the log Q term: its sampler reports expected counts of 1.
         sampler = make_sampler(lc.sampler, lc.num_sampled, num_items, lc.unique, data.split.item_counts,
-                               lc.distortion, lc.logq_correction, seed=cfg.seed)
+                               lc.distortion, lc.logq_correction and lc.kind != "neg", seed=cfg.seed,
+                               mixed_base=lc.mixed_base, streaming=lc.frequency == "streaming",
+                               batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha)
     variables = trainable_variables(user, items)
     optimizer = make_optimizer(tc.optimizer, tc.learning_rate)
     optimizer.build(variables)
-    loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.num_sampled, lc.remove_accidental_hits)
+    loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits)
     train_step = make_train_step(loss_fn, variables, optimizer)
 
     # --- state and checkpoints ---------------------------------------------------------------
@@ -58,7 +59,9 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         "train_seconds": tf.Variable(0.0, dtype=tf.float64, name="train_seconds"),
         "examples_seen": tf.Variable(0, dtype=tf.int64, name="examples_seen"),
     }
-    ckpt = tf.train.Checkpoint(user=user, items=items, optimizer=optimizer, **state)
+    # A stateful sampler (streaming frequency estimate) is part of the state too.
+    extra = {"sampler": sampler} if isinstance(sampler, tf.Module) else {}
+    ckpt = tf.train.Checkpoint(user=user, items=items, optimizer=optimizer, **extra, **state)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"), max_to_keep=2)
     best_ckpt = tf.train.Checkpoint(user=user, items=items)
     best_manager = tf.train.CheckpointManager(best_ckpt, str(run_dir / "checkpoints" / "best"), max_to_keep=1)
@@ -145,7 +148,9 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         "examples_per_sec": round(seen / seconds, 1) if seconds > 0 else None,
         "best_valid": {metric: float(state["best"])},
         "stopped_early": stopped_early or int(state["bad_epochs"]) >= (es.patience if es else 10**9),
-        "sampler": lc.sampler if lc.kind == "sampled_softmax" else None,
+        "sampler": None if lc.kind == "full_softmax" else sampler_report(
+            lc.sampler, data.split.item_counts, distortion=lc.distortion, base=lc.mixed_base,
+            batch_size=tc.batch_size, num_sampled=lc.num_sampled),
         "loss": lc.kind,
     }
 

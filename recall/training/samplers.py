@@ -18,7 +18,8 @@ import tensorflow as tf
 
 Sampler = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
 
-SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
+TF_SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
+SAMPLERS = TF_SAMPLERS + ("in_batch", "mixed")
 
 
 def make_sampler(
@@ -30,6 +31,10 @@ def make_sampler(
     distortion: float = 1.0,
     logq_correction: bool = True,
     seed: int | None = None,
+    mixed_base: str = "unigram",
+    streaming: bool = False,
+    batch_size: int = 1024,
+    streaming_alpha: float = 0.01,
 ) -> Sampler:
     """Build the sampler named `kind` over `num_classes` items.
 
@@ -38,8 +43,21 @@ def make_sampler(
     - `uniform`: Q = 1/N.
     - `unigram`: Q ∝ count(id) ** distortion from `item_counts` [N] (training frequencies).
     - `learned_unigram`: Q ∝ counts of the labels seen so far in training (TF keeps them).
+    - `in_batch`, `mixed`: see training/in_batch.py (the batch's labels, plus `mixed_base` draws).
     With `logq_correction=False` both expected counts are 1, so no correction is applied.
     """
+    if kind in ("in_batch", "mixed"):
+        from recall.training.in_batch import InBatchSampler
+
+        if item_counts is None or len(item_counts) != num_classes:
+            raise ValueError(f"{kind} sampler needs item_counts of length num_classes")
+        base = None
+        if kind == "mixed":
+            # The base keeps its true expected counts; the mixture applies (or skips) log Q at the end.
+            base = make_sampler(mixed_base, num_sampled, num_classes, unique, item_counts, distortion,
+                                logq_correction=True, seed=seed)
+        return InBatchSampler(item_counts, base=base, streaming=streaming, batch_size=batch_size,
+                              alpha=streaming_alpha, logq_correction=logq_correction)
     common = dict(num_true=1, num_sampled=num_sampled, unique=unique, range_max=num_classes, seed=seed)
     if kind == "log_uniform":
         def draw(labels):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from recall.model import ItemTower, UserTower
-from recall.training.loss import full_softmax, sampled_softmax
+from recall.training.loss import full_softmax, nce, sampled_softmax
 from recall.training.samplers import Sampler
 
 
@@ -20,7 +20,7 @@ def trainable_variables(user_tower: UserTower, item_tower: ItemTower) -> list:
     return out
 
 
-def make_loss_fn(user_tower, item_tower, loss_kind: str, sampler: Sampler | None, num_sampled: int,
+def make_loss_fn(user_tower, item_tower, loss_kind: str, sampler: Sampler | None,
                  remove_accidental_hits: bool = True):
     """loss_fn(features, labels int64 [B], training) → scalar loss."""
 
@@ -29,7 +29,9 @@ def make_loss_fn(user_tower, item_tower, loss_kind: str, sampler: Sampler | None
         weights, biases = item_tower.weights_and_biases()  # [N, D], [N]
         if loss_kind == "full_softmax":
             return full_softmax(weights, biases, labels, queries)
-        return sampled_softmax(weights, biases, labels, queries, sampler, num_sampled, remove_accidental_hits)
+        if loss_kind in ("nce", "neg"):
+            return nce(weights, biases, labels, queries, sampler, remove_accidental_hits)
+        return sampled_softmax(weights, biases, labels, queries, sampler, remove_accidental_hits)
 
     return loss_fn
 
