@@ -78,12 +78,21 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The user tower and the item table."""
 
+    @model_validator(mode="after")
+    def _windows_fit(self) -> ModelConfig:
+        for name in ("recent", "last_items"):
+            if getattr(self, name) > self.max_history:
+                raise ValueError(f"model.{name} ({getattr(self, name)}) cannot exceed model.max_history ({self.max_history})")
+        return self
+
     dim: int = Field(64, ge=1, le=4096, description="output dimension D of both towers")
     hidden: list[int] = Field(default_factory=lambda: [256], description="ReLU MLP widths before the output layer")
     max_history: int = Field(50, ge=1, le=10000, description="most recent items kept in the history")
     recent: int = Field(
         0, ge=0, description="also pool the last n items separately and feed the last item (0 = plain mean)"
     )
+    last_items: int = Field(0, ge=0, description="feed the last n history items each in its own slot (order-aware)")
+    attention: bool = Field(False, description="attention pooling over the history, latest item as the query")
     tie_embeddings: bool = Field(False, description="history embeddings share the output item table")
     item_bias: bool = True
     feature_dim: int = Field(16, ge=1, description="embedding width of each categorical user feature")

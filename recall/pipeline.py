@@ -79,7 +79,8 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
     items = ItemTower(num_items, mc.dim, use_bias=mc.item_bias, normalize=mc.normalize, name="items")
     user = UserTower(
         num_items, mc.dim, mc.hidden, mc.max_history, feature_sizes=feature_sizes, feature_dim=mc.feature_dim,
-        recent=mc.recent, example_age=mc.example_age, dropout=mc.dropout, normalize=mc.normalize,
+        recent=mc.recent, last_items=mc.last_items, attention=mc.attention, example_age=mc.example_age,
+        dropout=mc.dropout, normalize=mc.normalize,
         temperature=mc.temperature, shared_items=items if mc.tie_embeddings else None, name="user",
     )
     user({"history": tf.fill([1, mc.max_history], -1), "age": tf.zeros([1]),

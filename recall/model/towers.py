@@ -67,6 +67,8 @@ class UserTower(keras.layers.Layer):
         feature_sizes: list[int] | None = None,
         feature_dim: int = 16,
         recent: int = 0,
+        last_items: int = 0,
+        attention: bool = False,
         example_age: bool = True,
         dropout: float = 0.0,
         normalize: bool = False,
@@ -82,6 +84,8 @@ class UserTower(keras.layers.Layer):
         self.feature_sizes = list(feature_sizes or [])
         self.feature_dim = feature_dim
         self.recent = recent
+        self.last_items = last_items
+        self.attention = attention
         self.example_age = example_age
         self.dropout_rate = dropout
         self.normalize = normalize
@@ -106,6 +110,11 @@ class UserTower(keras.layers.Layer):
             setattr(self, layer.name, layer)
         self.drop = keras.layers.Dropout(dropout) if dropout > 0 else None
         self.out = keras.layers.Dense(dim, name="output")
+        if attention:
+            # Attention pooling: the latest item asks which history items matter; positions are learned.
+            self.position_embeddings = self.add_weight(shape=(max_history, dim), initializer="zeros",
+                                                       name="position_embeddings")
+            self.attention_query = keras.layers.Dense(dim, use_bias=False, name="attention_query")
 
     def _embed_history(self, history):
         table = self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings
@@ -117,6 +126,15 @@ class UserTower(keras.layers.Layer):
     def _masked_mean(emb, mask):
         return ops.sum(emb, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
 
+    def _attention_pool(self, emb, mask):
+        """Softmax-weighted history [B, D]: weights from (latest item → query) · (item + position)."""
+        keys = emb + self.position_embeddings[None] * mask  # [B, M, D]
+        query = self.attention_query(emb[:, -1])  # [B, D]
+        scores = ops.einsum("bd,bmd->bm", query, keys) / self.dim**0.5
+        scores = ops.where(mask[..., 0] > 0, scores, -1e9)
+        weights = ops.softmax(scores, axis=-1) * mask[..., 0]  # all-padding rows → zeros
+        return ops.einsum("bm,bmd->bd", weights, emb)
+
     def call(self, inputs, training=False):
         history = inputs["history"]
         emb, mask = self._embed_history(history)
@@ -125,6 +143,11 @@ class UserTower(keras.layers.Layer):
             # History is right-aligned, so the last columns are the most recent items.
             parts.append(self._masked_mean(emb[:, -self.recent :], mask[:, -self.recent :]))
             parts.append(emb[:, -1])
+        if self.last_items > 0:
+            # The last k items each in their own slot: the MLP sees their order.
+            parts.append(ops.reshape(emb[:, -self.last_items :], [-1, self.last_items * self.dim]))
+        if self.attention:
+            parts.append(self._attention_pool(emb, mask))
         for i, layer in enumerate(self.feature_embeddings):
             parts.append(layer(inputs["user_features"][:, i]))
         if self.example_age:
@@ -144,5 +167,6 @@ class UserTower(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim, "hidden": self.hidden,
                 "max_history": self.max_history, "feature_sizes": self.feature_sizes,
-                "feature_dim": self.feature_dim, "recent": self.recent, "example_age": self.example_age,
+                "feature_dim": self.feature_dim, "recent": self.recent, "last_items": self.last_items,
+                "attention": self.attention, "example_age": self.example_age,
                 "dropout": self.dropout_rate, "normalize": self.normalize, "temperature": self.temperature}
