@@ -3,8 +3,9 @@
 `in_batch`: the candidate set is the batch's own labels `[B]`. Each column is one draw from the
 training item distribution p, so item j's expected count in the set is B·p_j; subtracting
 log(B·p_j) keeps popular items — which appear in many batches — from being over-penalised.
-TF's `remove_accidental_hits` then drops, in every row, the columns equal to that row's label: the
-row's own positive and any duplicates of it.
+The loss's accidental-hit removal (training/loss.py `sampled_logits`) then drops, in every row, all
+the columns equal to that row's label: the row's own positive and any duplicates of it. (TF's own
+`compute_accidental_hits` masks only one column per distinct id, which is why the loss does it.)
 
 `mixed`: the batch labels plus S candidates from a base sampler with expected counts E_base. An
 item's expected count in the combined multiset is B·p_j + E_base(j), used for every column of j.
@@ -22,9 +23,14 @@ import tensorflow as tf
 class FrequencyEstimator(tf.Module):
     """Streaming estimate of how often each item appears in a batch (Yi et al. 2019, Algorithm 2).
 
-    For every item in a batch at global step t: gap[j] ← (1-α)·gap[j] + α·(t − last[j]); last[j] ← t.
-    The expected number of appearances per batch is then 1 / gap[j]. State is in variables, so it is
-    checkpointed with the model and a resumed run continues the estimate.
+    For every distinct item j in a batch at global step t, appearing c_j ≥ 1 times:
+    gap[j] ← (1-α)·gap[j] + α·(t − last[j]); last[j] ← t; mult[j] ← (1-α)·mult[j] + α·c_j.
+    1 / gap[j] estimates the probability that j is in a batch at all, 1 − (1 − p_j)^B (Yi et al.'s
+    estimate), and mult[j] the number of copies of j in a batch that holds it, E[c_j | c_j ≥ 1]. Their
+    product, mult[j] / gap[j], is the expected number of appearances per batch, B·p_j — the same
+    quantity the counted mode uses, also for popular items that repeat within a batch (for which
+    1 / gap alone saturates at 1). Updates touch only the batch's items. State is in variables, so it
+    is checkpointed with the model and a resumed run continues the estimate.
     """
 
     def __init__(self, num_items: int, batch_size: int, alpha: float = 0.01, name: str = "frequency"):
@@ -36,20 +42,27 @@ class FrequencyEstimator(tf.Module):
         self.last = tf.Variable(tf.zeros([num_items], tf.int64), trainable=False, name="last_step")
         self.gap = tf.Variable(tf.fill([num_items], tf.constant(initial_gap, tf.float32)), trainable=False,
                                name="gap")
+        self.mult = tf.Variable(tf.ones([num_items], tf.float32), trainable=False, name="multiplicity")
 
     def update(self, ids: tf.Tensor) -> None:
         """ids int64 [B] (duplicates allowed: each distinct item is updated once per batch)."""
         self.step.assign_add(1)
-        unique_ids, _ = tf.unique(ids)
+        unique_ids, _, copies = tf.unique_with_counts(ids)
         t = self.step
         elapsed = tf.cast(t - tf.gather(self.last, unique_ids), tf.float32)
         new_gap = (1.0 - self.alpha) * tf.gather(self.gap, unique_ids) + self.alpha * elapsed
+        new_mult = (1.0 - self.alpha) * tf.gather(self.mult, unique_ids) + self.alpha * tf.cast(copies, tf.float32)
         self.gap.scatter_nd_update(unique_ids[:, None], new_gap)
+        self.mult.scatter_nd_update(unique_ids[:, None], new_mult)
         self.last.scatter_nd_update(unique_ids[:, None], tf.fill(tf.shape(unique_ids), t))
 
-    def expected_count(self, ids: tf.Tensor) -> tf.Tensor:
-        """Estimated appearances per batch of each id, float32 [len(ids)]."""
+    def appearance_probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """Estimated probability that each id is in a batch, 1 / gap, float32 [len(ids)]."""
         return 1.0 / tf.maximum(tf.gather(self.gap, ids), 1e-6)
+
+    def expected_count(self, ids: tf.Tensor) -> tf.Tensor:
+        """Estimated appearances per batch of each id (B·p_j), float32 [len(ids)]."""
+        return tf.gather(self.mult, ids) * self.appearance_probability(ids)
 
 
 class InBatchSampler(tf.Module):

@@ -58,6 +58,12 @@ def make_sampler(
                                 logq_correction=True, seed=seed)
         return InBatchSampler(item_counts, base=base, streaming=streaming, batch_size=batch_size,
                               alpha=streaming_alpha, logq_correction=logq_correction)
+    if kind == "learned_unigram" and seed is None and tf.executing_eagerly():
+        # TF keeps the learned counts inside the op's kernel. Called eagerly with seed=None, every call
+        # gets a fresh kernel (new random op seed), so the counts were lost and Q stayed uniform; a
+        # fixed op seed keeps one kernel. (In a tf.function each traced op keeps its own counts.)
+        # Drawn from TF's generator so that tf.random.set_seed still makes a run reproducible.
+        seed = int(tf.random.uniform([], 1, 2**31 - 1, dtype=tf.int64))
     common = dict(num_true=1, num_sampled=num_sampled, unique=unique, range_max=num_classes, seed=seed)
     if kind == "log_uniform":
         def draw(labels):
