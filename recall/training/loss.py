@@ -50,16 +50,25 @@ def sampled_softmax(
     queries: tf.Tensor,
     sampler: Sampler,
     remove_accidental_hits: bool = True,
+    distinct_candidates: bool = False,
 ) -> tf.Tensor:
     """Mean sampled-softmax loss with one candidate set shared by the whole batch.
 
     weights [N, D], biases [N], labels int64 [B], queries [B, D] → scalar. The number of candidates
-    is taken from the sampler's output (in-batch samplers return B or B + S of them). Equal to
-    `tf.nn.sampled_softmax_loss(..., sampled_values=sampler(labels))` except that accidental hits are
-    removed in every duplicate column (see `sampled_logits`).
+    is taken from the sampler's output (in-batch samplers return B or B + S of them).
+    When the sampler guarantees distinct candidates (TF's samplers with unique=True) this is
+    `tf.nn.sampled_softmax_loss(..., sampled_values=sampler(labels))` itself. Otherwise (in-batch
+    labels, unique=False draws) the same logits come from `sampled_logits`, which removes the
+    accidental hit in every duplicate column, not only the last one as TF does.
     """
     labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
-    logits = sampled_logits(weights, biases, labels, queries, sampler(labels), remove_accidental_hits)
+    sampled_values = sampler(labels)
+    if distinct_candidates:
+        return tf.reduce_mean(tf.nn.sampled_softmax_loss(
+            weights=weights, biases=biases, labels=labels, inputs=queries,
+            num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
+            sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits))
+    logits = sampled_logits(weights, biases, labels, queries, sampled_values, remove_accidental_hits)
     per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.zeros(tf.shape(logits)[:1], tf.int64), logits=logits)  # the label is column 0
     return tf.reduce_mean(per_row)
@@ -72,16 +81,24 @@ def nce(
     queries: tf.Tensor,
     sampler: Sampler,
     remove_accidental_hits: bool = False,
+    distinct_candidates: bool = False,
 ) -> tf.Tensor:
     """Mean NCE loss (`tf.nn.nce_loss`): logistic loss on logit − log(expected count), target 1 for
     the label's column and 0 for each candidate's, summed over the columns of a row.
 
     With a sampler whose expected counts are 1 this is word2vec's negative sampling (NEG), which
     does not approach the softmax gradient as the number of samples grows. Shapes as above; hits are
-    removed as in `sampled_logits` (a masked column contributes nothing).
+    removed as in `sampled_logits` (a masked column contributes nothing). With distinct candidates
+    this is `tf.nn.nce_loss` itself.
     """
     labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
-    logits = sampled_logits(weights, biases, labels, queries, sampler(labels), remove_accidental_hits)
+    sampled_values = sampler(labels)
+    if distinct_candidates:
+        return tf.reduce_mean(tf.nn.nce_loss(
+            weights=weights, biases=biases, labels=labels, inputs=queries,
+            num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
+            sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits))
+    logits = sampled_logits(weights, biases, labels, queries, sampled_values, remove_accidental_hits)
     targets = tf.concat([tf.ones_like(logits[:, :1]), tf.zeros_like(logits[:, 1:])], axis=1)
     per_row = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits), axis=1)
     return tf.reduce_mean(per_row)
