@@ -154,6 +154,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100, 200])
     batch_size: int = Field(2048, ge=1)
+    query_age: Literal["zero", "last_event"] = Field(
+        "zero", description="example age fed to evaluation queries: 0 (as served live) or that of the query's last event"
+    )
 
     @model_validator(mode="after")
     def _ks_positive(self) -> EvalConfig:

@@ -156,7 +156,7 @@ def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
     for name, queries in (("valid", data.valid), ("test", data.test)):
         t0 = time.perf_counter()
         out[name] = evaluate_towers(user, items, queries, data.features.codes, ks, ix.factory, ix.nprobe,
-                                    ix.ef_search, cfg.eval.batch_size)
+                                    ix.ef_search, cfg.eval.batch_size, cfg.eval.query_age)
         out[name]["seconds"] = round(time.perf_counter() - t0, 3)
     out["most_popular"] = {"test": evaluate_popularity(data.test.targets, data.test.seen, ks)}
     out["train"] = summary

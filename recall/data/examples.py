@@ -51,15 +51,24 @@ def make_examples(
         from_end = np.repeat(split.train_indptr[1:], lengths) - 1 - np.arange(num_rows)
         keep &= from_end < max_per_user
     rows = np.flatnonzero(keep)
-    times = split.train_times
-    t_min, t_max = (int(times.min()), int(times.max())) if num_rows else (0, 0)
-    span = max(t_max - t_min, 1)
     return Examples(
         label_pos=rows.astype(np.int64),
         hist_len=np.minimum(position[rows], max_history).astype(np.int32),
         user=user[rows],
-        age=((t_max - times[rows]) / span).astype(np.float32),
+        age=example_age(split.train_times[rows], split.train_times),
     )
+
+
+def example_age(times: np.ndarray, train_times: np.ndarray) -> np.ndarray:
+    """Covington et al.'s example age: (newest train time − t) / train time span, clipped to [0, 1].
+
+    times int64 [R] → float32 [R]; 0 = the end of the training window (what serving uses: "now").
+    """
+    if len(train_times) == 0:
+        return np.zeros(len(times), np.float32)
+    t_min, t_max = int(train_times.min()), int(train_times.max())
+    span = max(t_max - t_min, 1)
+    return np.clip((t_max - np.asarray(times, np.int64)) / span, 0.0, 1.0).astype(np.float32)
 
 
 def history_matrix(seq: np.ndarray, end: np.ndarray, length: np.ndarray, max_history: int) -> np.ndarray:
@@ -82,17 +91,20 @@ class Queries:
     history  int32 [Q, max_history]  the most recent items before the target (right-aligned, PAD left)
     targets  int32 [Q]               internal id of the held-out item (-1 = not in vocabulary: a miss)
     seen     (indptr [Q+1], ids)     every item of the query's whole history, for filtered ranking
+    age      float32 [Q]             example age of the query's last event (its "now" when replayed)
     """
 
     history: np.ndarray
     targets: np.ndarray
     seen: tuple[np.ndarray, np.ndarray]
+    age: np.ndarray
 
 
 def make_queries(split: Split, which: str, max_history: int) -> Queries:
     """Validation queries (history = train) or test queries (history = train + validation item)."""
     if which == "valid":
         seq, indptr, targets = split.train_items, split.train_indptr, split.valid_items
+        last_time = split.train_times[split.train_indptr[1:] - 1]
     elif which == "test":
         # Append each user's validation item after their train rows (skipped when out of vocabulary:
         # it has no embedding, exactly as serving ignores unknown ids).
@@ -105,8 +117,10 @@ def make_queries(split: Split, which: str, max_history: int) -> Queries:
         seq[is_valid_slot] = split.valid_items[extra == 1]
         seq[~is_valid_slot] = split.train_items
         targets = split.test_items
+        last_time = split.valid_times
     else:
         raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
     lengths = np.diff(indptr)
     history = history_matrix(seq, indptr[1:], np.minimum(lengths, max_history), max_history)
-    return Queries(history=history, targets=targets.astype(np.int32), seen=(indptr, seq.astype(np.int64)))
+    return Queries(history=history, targets=targets.astype(np.int32), seen=(indptr, seq.astype(np.int64)),
+                   age=example_age(last_time, split.train_times))

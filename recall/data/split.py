@@ -24,6 +24,7 @@ class Split:
     train_times    int64 [T]    their timestamps
     train_indptr   int64 [U+1]  user u's train rows are train_items[train_indptr[u]:train_indptr[u+1]]
     valid_items    int32 [U]    internal id of the validation item, -1 if not in the vocabulary
+    valid_times    int64 [U]    its timestamp (the time of a test query's last event)
     test_items     int32 [U]    internal id of the test item, -1 if not in the vocabulary
     user_ids       [U]          raw user ids, row u ↔ user_ids[u]
     item_ids       [N]          raw item ids, internal id i ↔ item_ids[i]
@@ -34,6 +35,7 @@ class Split:
     train_times: np.ndarray
     train_indptr: np.ndarray
     valid_items: np.ndarray
+    valid_times: np.ndarray
     test_items: np.ndarray
     user_ids: np.ndarray
     item_ids: np.ndarray
@@ -95,6 +97,7 @@ def leave_last_out(df: pd.DataFrame, min_interactions: int = 3) -> Split:
         train_times=times[is_train],
         train_indptr=np.r_[0, np.cumsum(train_lengths)].astype(np.int64),
         valid_items=to_internal(items[valid_rows]).astype(np.int32),
+        valid_times=times[valid_rows],
         test_items=to_internal(items[test_rows]).astype(np.int32),
         user_ids=users[starts],
         item_ids=vocab_raw,

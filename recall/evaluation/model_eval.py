@@ -20,8 +20,8 @@ def item_vectors(item_tower) -> tuple[np.ndarray, bool]:
 
 
 def query_vectors(user_tower, history: np.ndarray, user_codes: np.ndarray, with_bias: bool,
-                  batch_size: int = 4096) -> np.ndarray:
-    """User-tower vectors `[Q, D(+1)]` at serving conditions (example age 0, no dropout).
+                  batch_size: int = 4096, age: np.ndarray | None = None) -> np.ndarray:
+    """User-tower vectors `[Q, D(+1)]` without dropout; example age `age` [Q] (default 0, as served).
 
     history int32 [Q, M], user_codes int32 [Q, F].
     """
@@ -31,7 +31,7 @@ def query_vectors(user_tower, history: np.ndarray, user_codes: np.ndarray, with_
         h = history[start : start + batch_size]
         feats = {
             "history": tf.constant(h, tf.int32),
-            "age": tf.zeros([len(h)], tf.float32),
+            "age": tf.zeros([len(h)], tf.float32) if age is None else tf.constant(age[start : start + batch_size]),
             "user_features": tf.constant(user_codes[start : start + batch_size], tf.int32),
         }
         out.append(predict(feats).numpy())
@@ -52,9 +52,14 @@ def _predictor(user_tower):
 
 def evaluate_towers(user_tower, item_tower, queries: Queries, user_codes: np.ndarray, ks: list[int],
                     factory: str = "Flat", nprobe: int | None = None, ef_search: int | None = None,
-                    batch_size: int = 4096) -> dict:
-    """{"filtered": {...}, "unfiltered": {...}} for the given queries under the DESIGN.md protocol."""
+                    batch_size: int = 4096, query_age: str = "zero") -> dict:
+    """{"filtered": {...}, "unfiltered": {...}} for the given queries under the DESIGN.md protocol.
+
+    query_age: "zero" feeds example age 0 as live serving does; "last_event" replays each query at
+    the time of its last history event (known at query time) — the offline analogue of "now".
+    """
     items, with_bias = item_vectors(item_tower)
     index = build_index(items, factory, nprobe=nprobe, ef_search=ef_search)
-    q = query_vectors(user_tower, queries.history, user_codes, with_bias, batch_size)
+    age = queries.age if query_age == "last_event" else None
+    q = query_vectors(user_tower, queries.history, user_codes, with_bias, batch_size, age)
     return evaluate_queries(index, q, queries.targets, queries.seen, ks, batch_size=batch_size)

@@ -111,7 +111,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
 
         # --- validate, keep the best, maybe stop ----------------------------------------------
         valid = evaluate_towers(user, items, data.valid, data.features.codes, cfg.eval.ks, cfg.index.factory,
-                                cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size)["filtered"]
+                                cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size,
+                                cfg.eval.query_age)["filtered"]
         score = valid[metric]
         state["epoch"].assign_add(1)
         state["epoch_batches"].assign(0)
