@@ -30,9 +30,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config value (repeatable), e.g. --set train.epochs=5")
     t.add_argument("--run-dir", help="where checkpoints, metrics and the export go (default runs/<config name>)")
 
-    e = sub.add_parser("evaluate", help="re-evaluate a trained run directory")
+    e = sub.add_parser("evaluate", help="re-evaluate a trained run directory (rewrites metrics.json, report.md)")
     e.add_argument("run_dir")
-    e.add_argument("--index", dest="factory", help="faiss index_factory string to evaluate with, e.g. HNSW32")
+    e.add_argument("--index", dest="factory",
+                   help="faiss index_factory string to evaluate with, e.g. HNSW32; an approximate index "
+                        "also reports its recall@K against exact search and queries/s")
 
     x = sub.add_parser("export", help="(re)write a run's export bundle")
     x.add_argument("run_dir")
@@ -80,7 +82,7 @@ def _import_tensorflow_quietly(verbose: bool) -> None:
 
 def _cmd_train(args) -> int:
     import recall
-    from recall.report import metrics_table
+    from recall.report import index_summary, metrics_table
 
     cfg = recall.load_config(args.config, args.overrides)
     _import_tensorflow_quietly(args.verbose)
@@ -89,6 +91,8 @@ def _cmd_train(args) -> int:
     ks = cfg.eval.ks
     print()
     print(metrics_table({"model": metrics["test"], "most popular": metrics["most_popular"]["test"]}, ks))
+    print()
+    print(index_summary(metrics["index"], ks))
     t = metrics["train"]
     print(f"\n{t['epochs']} epochs, {t['seconds']} s training, {t['examples_per_sec']} examples/s")
     print(f"run directory: {run_dir}  (metrics.json, report.md, export/)")
@@ -97,11 +101,14 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     import recall
-    from recall.report import metrics_table
+    from recall.report import index_summary, metrics_table
 
     metrics = recall.evaluate(args.run_dir, args.factory)
     ks = sorted(int(k.split("@")[1]) for k in metrics["test"]["filtered"] if k.startswith("hr@"))
     print(metrics_table({"model": metrics["test"], "most popular": metrics["most_popular"]["test"]}, ks))
+    print()
+    print(index_summary(metrics["index"], ks))
+    print(f"report: {Path(args.run_dir) / 'report.md'}")
     return 0
 
 

@@ -89,7 +89,7 @@ def _replay_early_stopping(history: dict, metric: str, patience: int) -> bool:
 def test_run_directory_holds_every_artifact(run):
     run_dir, metrics = run
     for name in ("config.yaml", "metrics.json", "report.md", "history.json", "hr_at_k.png", "loss.png",
-                 "valid_hr.png", "export/manifest.json"):
+                 "valid_hr.png", "hr_by_popularity.png", "export/manifest.json"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "checkpoints" / "best").glob("ckpt-*.index"))
     assert list((run_dir / "checkpoints").glob("ckpt-*.index"))
@@ -107,6 +107,14 @@ def test_run_directory_holds_every_artifact(run):
             for k in KS:
                 assert 0.0 <= m[f"ndcg@{k}"] <= m[f"hr@{k}"] <= 1.0
             assert [m[f"hr@{k}"] for k in KS] == sorted(m[f"hr@{k}"] for k in KS)
+    for k in KS:
+        assert saved["test"]["filtered"][f"recall@{k}"] == saved["test"]["filtered"][f"hr@{k}"]
+        assert 0.0 < saved["test"]["filtered"][f"coverage@{k}"] <= 1.0
+    by_pop = saved["test"]["by_popularity"]
+    assert sum(b["count"] for b in by_pop.values()) == saved["test"]["filtered"]["count"]
+    assert sum(b["items"] for b in by_pop.values()) == saved["data"]["items"]
+    assert saved["index"]["factory"] == "Flat" and saved["index"]["exact"] is True
+    assert saved["index"]["qps"] > 0 and "recall@10" not in saved["index"]
     t = saved["train"]
     assert t["epochs"] == 3 and t["seconds"] > 0 and t["examples_per_sec"] > 0
     batches = -(-saved["data"]["examples"] // 128)
@@ -151,6 +159,21 @@ def test_evaluate_reproduces_test_metrics(run):
                 assert again[split][variant][key] == pytest.approx(value, abs=1e-9), (split, variant, key)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["train"] == metrics["train"]  # evaluate keeps the training summary
+
+
+def test_evaluate_with_an_approximate_index_reports_its_recall(run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)  # evaluate rewrites metrics.json; keep the shared run intact
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run_dir), "--index", "IVF4,Flat"]) == 0
+    out = capsys.readouterr().out
+    assert "index IVF4,Flat (nlist=4, nprobe=1): recall@10 " in out and "queries/s" in out
+    index = json.loads((run_dir / "metrics.json").read_text())["index"]
+    assert index["exact"] is False and index["qps"] > 0 and index["exact_qps"] > 0
+    # nprobe=1 scans one of 4 lists (about a quarter of the 100 items), so the deepest cut-off
+    # cannot find every item exact search ranks.
+    assert 0.0 < index["recall@200"] < 1.0 and 0.0 < index["recall@10"] <= 1.0
+    assert "| `IVF4,Flat` |" in (run_dir / "report.md").read_text()
 
 
 def test_export_rewrites_the_bundle(run, tmp_path):

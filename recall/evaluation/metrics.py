@@ -2,11 +2,15 @@
 
 A rank is 0-based (0 = top). A miss is any rank at or beyond the search depth; with a single
 relevant item the ideal DCG is 1, so NDCG@K = 1/log2(rank + 2) for a hit and HR@K = Recall@K.
+
+Beside them: catalogue coverage@K (which items any query's top-K reaches) and the head / torso /
+tail popularity buckets that HR@K is broken down by.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -39,8 +43,10 @@ def target_ranks(topk_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def ranking_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """HR@K, NDCG@K and MRR@K for every K in `ks`, averaged over queries, plus "count".
+    """HR@K, Recall@K, NDCG@K and MRR@K for every K in `ks`, averaged over queries, plus "count".
 
+    Every query has exactly one held-out item, so Recall@K (relevant items found / relevant items)
+    equals HR@K (was it found); both keys are written because both names are quoted.
     `ranks` `[Q]` come from `target_ranks` (miss = search depth) or `popularity_ranks`
     (miss = MISS_RANK); either way a miss fails `rank < K` for every K up to the search depth,
     so callers must search at least max(ks) deep. With no queries every metric is 0.0.
@@ -59,10 +65,99 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
             ndcg = float(np.where(hit, 1.0 / np.log2(positions + 2.0), 0.0).mean())
             mrr = float(np.where(hit, 1.0 / (positions + 1.0), 0.0).mean())
         out[f"hr@{k}"] = hr
+        out[f"recall@{k}"] = hr  # one relevant item per query: recall = hit rate
         out[f"ndcg@{k}"] = ndcg
         out[f"mrr@{k}"] = mrr
     out["count"] = count
     return out
+
+
+def coverage(topk_ids: np.ndarray, num_items: int, ks: Sequence[int]) -> dict[str, float]:
+    """Catalogue coverage@K: the fraction of the `num_items` items in at least one query's top-K.
+
+    Args:
+      topk_ids: `[Q, depth]` item ids, best first (-1 for empty slots, ignored); depth >= max(ks).
+    Returns:
+      `{"coverage@K": float}` for every K; 0.0 for an empty catalogue or no queries.
+    """
+    topk_ids = np.asarray(topk_ids, dtype=np.int64)
+    if topk_ids.ndim != 2 or topk_ids.shape[1] < max(ks):
+        raise ValueError(f"topk_ids must be [Q, >= {max(ks)}], got shape {topk_ids.shape}")
+    out = {}
+    for k in ks:
+        top = topk_ids[:, :k]
+        reached = np.unique(top[(top >= 0) & (top < num_items)])
+        out[f"coverage@{k}"] = float(reached.size / num_items) if num_items > 0 else 0.0
+    return out
+
+
+# Query buckets by the training popularity of the target; "oov" = target outside the vocabulary.
+BUCKETS = ("head", "torso", "tail", "oov")
+
+
+def popularity_boundaries(
+    item_counts: np.ndarray, head: float = 0.5, torso: float = 0.8
+) -> tuple[int, int]:
+    """Split frequency-sorted item ids into head `[0, h)`, torso `[h, t)` and tail `[t, N)`.
+
+    Item i is head when items 0..i together hold at most `head` (50%) of the training
+    interactions, torso when at most `torso` (80%), tail otherwise. So head is the few most
+    popular items covering the first half of the training interactions, tail the many items
+    sharing the last 20%. Items of equal count keep their id order (ties by raw id), so a tie
+    can straddle a boundary.
+
+    Args:
+      item_counts: `[N]` training frequency per internal id, non-increasing (id 0 = most popular).
+    Returns:
+      `(h, t)` with 0 <= h <= t <= N.
+    """
+    counts = np.asarray(item_counts, dtype=np.int64).reshape(-1)
+    if np.any(np.diff(counts) > 0):
+        raise ValueError("item_counts must be non-increasing (internal ids sorted by training frequency)")
+    if not 0.0 <= head <= torso <= 1.0:
+        raise ValueError(f"need 0 <= head <= torso <= 1, got head={head}, torso={torso}")
+    cumulative = np.cumsum(counts)
+    total = int(cumulative[-1]) if counts.size else 0
+    if total == 0:
+        return 0, 0
+    return _items_within(cumulative, total, head), _items_within(cumulative, total, torso)
+
+
+def _items_within(cumulative: np.ndarray, total: int, share: float) -> int:
+    """How many leading items have cumulative count <= share * total, in integers.
+
+    0.29 * 100 is 28.999999999999996 in floating point; as the fraction 29/100 it is exact.
+    """
+    frac = Fraction(str(share)).limit_denominator(10**6)
+    return int(np.count_nonzero(cumulative * frac.denominator <= frac.numerator * total))
+
+
+def popularity_buckets(targets: np.ndarray, boundaries: tuple[int, int]) -> np.ndarray:
+    """Bucket index into BUCKETS (0 head, 1 torso, 2 tail, 3 oov) of each target `[Q]` → int64 `[Q]`."""
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    h, t = boundaries
+    bucket = np.where(targets < h, 0, np.where(targets < t, 1, 2)).astype(np.int64)
+    bucket[targets < 0] = 3
+    return bucket
+
+
+def metrics_by_popularity(
+    ranks: np.ndarray, targets: np.ndarray, item_counts: np.ndarray, ks: Sequence[int]
+) -> dict[str, dict[str, float]]:
+    """`ranking_metrics` per popularity bucket of the target, plus each bucket's catalogue size.
+
+    Returns `{"head": {"hr@K": ..., "count": queries, "items": catalogue items}, "torso": ...,
+    "tail": ..., "oov": ...}` ("oov" queries always miss; its "items" is 0). Buckets are
+    defined by `popularity_boundaries(item_counts)`; counts sum to Q.
+    """
+    ranks = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    h, t = popularity_boundaries(item_counts)
+    bucket = popularity_buckets(targets, (h, t))
+    if bucket.shape != ranks.shape:
+        raise ValueError(f"ranks {ranks.shape} and targets {bucket.shape} must have the same length")
+    sizes = {"head": h, "torso": t - h, "tail": len(item_counts) - t, "oov": 0}
+    return {name: {**ranking_metrics(ranks[bucket == b], ks), "items": sizes[name]}
+            for b, name in enumerate(BUCKETS)}
 
 
 def popularity_ranks(

@@ -1,4 +1,5 @@
-"""Evaluate trained towers: item vectors → faiss index, user tower → query vectors, then the protocol."""
+"""Evaluate trained towers: item vectors → faiss index, user tower → query vectors, then the protocol
+(or the index's own recall against exact search and its speed)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from recall.data.examples import Queries
+from recall.evaluation.index_quality import index_quality, is_exact, search_params
 from recall.evaluation.protocol import evaluate_queries
 from recall.index import build_index, fold_bias, fold_query
 
@@ -52,14 +54,41 @@ def _predictor(user_tower):
 
 def evaluate_towers(user_tower, item_tower, queries: Queries, user_codes: np.ndarray, ks: list[int],
                     factory: str = "Flat", nprobe: int | None = None, ef_search: int | None = None,
-                    batch_size: int = 4096, query_age: str = "zero") -> dict:
+                    batch_size: int = 4096, query_age: str = "zero", item_counts: np.ndarray | None = None) -> dict:
     """{"filtered": {...}, "unfiltered": {...}} for the given queries under the DESIGN.md protocol.
 
     query_age: "zero" feeds example age 0 as live serving does; "last_event" replays each query at
     the time of its last history event (known at query time) — the offline analogue of "now".
+    item_counts: training frequency per item [N]; adds "by_popularity" (see evaluate_queries).
     """
+    index, q, _ = _index_and_queries(user_tower, item_tower, queries, user_codes, factory, nprobe, ef_search,
+                                     batch_size, query_age)
+    return evaluate_queries(index, q, queries.targets, queries.seen, ks, batch_size=batch_size,
+                            item_counts=item_counts)
+
+
+def evaluate_index(user_tower, item_tower, queries: Queries, user_codes: np.ndarray, ks: list[int],
+                   factory: str = "Flat", nprobe: int | None = None, ef_search: int | None = None,
+                   batch_size: int = 4096, query_age: str = "zero") -> dict:
+    """The index's search parameters, queries/s and — unless it is exact — its recall@K against Flat.
+
+    Returns {"exact": bool, "nprobe"/"nlist"/"ef_search" when they apply, "qps", "queries", and for
+    an approximate index "recall@K" for every K and "exact_qps"} (see index_quality).
+    """
+    index, q, items = _index_and_queries(user_tower, item_tower, queries, user_codes, factory, nprobe,
+                                         ef_search, batch_size, query_age)
+    exact = is_exact(index)
+    reference = index if exact else build_index(items, "Flat")
+    quality = index_quality(index, reference, q, queries.seen, ks, batch_size=batch_size)
+    if exact:  # recall against itself is 1.0 by construction: keep only the speed
+        quality = {"qps": quality["qps"], "queries": quality["queries"]}
+    return {"exact": exact, **search_params(index), **quality}
+
+
+def _index_and_queries(user_tower, item_tower, queries: Queries, user_codes, factory, nprobe, ef_search,
+                       batch_size, query_age):
+    """(index over the item vectors, query vectors [Q, d], the item vectors [N, d])."""
     items, with_bias = item_vectors(item_tower)
     index = build_index(items, factory, nprobe=nprobe, ef_search=ef_search)
     age = queries.age if query_age == "last_event" else None
-    q = query_vectors(user_tower, queries.history, user_codes, with_bias, batch_size, age)
-    return evaluate_queries(index, q, queries.targets, queries.seen, ks, batch_size=batch_size)
+    return index, query_vectors(user_tower, queries.history, user_codes, with_bias, batch_size, age), items

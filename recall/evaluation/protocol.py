@@ -3,6 +3,9 @@
 `filtered` removes each query's history (its seen items) before ranking and is the primary
 number; `unfiltered` ranks the whole catalogue. Every query counts in the denominator, including
 those whose target is outside the vocabulary (target < 0), which are misses.
+
+Each variant also reports catalogue coverage@K; with the training item counts, the filtered
+metrics are broken down by the target's popularity bucket (see `metrics.popularity_boundaries`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,13 @@ from collections.abc import Mapping, Sequence
 import faiss
 import numpy as np
 
-from recall.evaluation.metrics import popularity_ranks, ranking_metrics, target_ranks
+from recall.evaluation.metrics import (
+    coverage,
+    metrics_by_popularity,
+    popularity_ranks,
+    ranking_metrics,
+    target_ranks,
+)
 from recall.index import search
 
 VARIANTS = ("filtered", "unfiltered")
@@ -25,7 +34,8 @@ def evaluate_queries(
     seen: tuple[np.ndarray, np.ndarray],
     ks: Sequence[int],
     batch_size: int = 4096,
-) -> dict[str, dict[str, float]]:
+    item_counts: np.ndarray | None = None,
+) -> dict[str, dict]:
     """Metrics of a model's queries against its item index.
 
     Args:
@@ -34,27 +44,45 @@ def evaluate_queries(
       targets: `[Q]` held-out internal item id per query; < 0 = out of vocabulary.
       seen: CSR pair `(indptr [Q+1], indices [nnz])` of each query's history items.
       ks: cut-offs, e.g. [10, 20, 50, 100, 200]; the search goes max(ks) deep.
+      item_counts: `[N]` training frequency per internal id (non-increasing); when given, the
+        filtered metrics are also broken down by the target's popularity bucket.
     Returns:
-      `{"filtered": ranking_metrics(...), "unfiltered": ranking_metrics(...)}`.
+      `{"filtered": {...}, "unfiltered": {...}}`, each `ranking_metrics(...)` plus
+      `coverage@K` over the `index.ntotal` catalogue items; with `item_counts` also
+      `"by_popularity": metrics_by_popularity(filtered ranks, ...)` (head / torso / tail / oov).
     """
     depth = _depth(ks)
-    results = {}
+    results: dict[str, dict] = {}
     for variant, exclude in (("filtered", seen), ("unfiltered", None)):
         ids, _ = search(index, queries, depth, exclude=exclude, batch_size=batch_size)
         # A miss gets rank == depth, which fails `rank < K` for every K <= depth.
-        results[variant] = ranking_metrics(target_ranks(ids, targets), ks)
+        ranks = target_ranks(ids, targets)
+        results[variant] = {**ranking_metrics(ranks, ks), **coverage(ids, int(index.ntotal), ks)}
+        if variant == "filtered" and item_counts is not None:
+            results["by_popularity"] = metrics_by_popularity(ranks, targets, item_counts, ks)
     return results
 
 
 def evaluate_popularity(
-    targets: np.ndarray, seen: tuple[np.ndarray, np.ndarray], ks: Sequence[int]
-) -> dict[str, dict[str, float]]:
-    """Most-popular baseline (item id order = popularity order), same shape as evaluate_queries."""
+    targets: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    ks: Sequence[int],
+    item_counts: np.ndarray | None = None,
+) -> dict[str, dict]:
+    """Most-popular baseline (item id order = popularity order), shaped like evaluate_queries.
+
+    No coverage (its top-K is the same few popular items for everyone); `by_popularity` when
+    `item_counts` is given.
+    """
     _depth(ks)
-    return {
-        "filtered": ranking_metrics(popularity_ranks(targets, seen), ks),
+    filtered = popularity_ranks(targets, seen)
+    results: dict[str, dict] = {
+        "filtered": ranking_metrics(filtered, ks),
         "unfiltered": ranking_metrics(popularity_ranks(targets, None), ks),
     }
+    if item_counts is not None:
+        results["by_popularity"] = metrics_by_popularity(filtered, targets, item_counts, ks)
+    return results
 
 
 def format_table(
@@ -67,8 +95,13 @@ def format_table(
     headers = [""] + [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
     rows = []
     for name, variants in results.items():
-        # Known variants first, in protocol order; anything else after, as given.
-        names = [v for v in VARIANTS if v in variants] + [v for v in variants if v not in VARIANTS]
+        # Known variants first, in protocol order; other metric dicts after, as given (entries
+        # such as "by_popularity" or "seconds" are not variants and are skipped).
+        names = [v for v in VARIANTS if v in variants] + [
+            v for v in variants
+            if v not in VARIANTS and isinstance(variants[v], Mapping)
+            and any(str(key).startswith("hr@") for key in variants[v])
+        ]
         for variant in names:
             metrics = variants[variant]
             cells = [f"{name} {variant}"]
