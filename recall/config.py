@@ -111,7 +111,10 @@ class LossConfig(_Section):
     sampler: Literal["log_uniform", "uniform", "unigram", "learned_unigram", "in_batch", "mixed"] = "log_uniform"
     num_sampled: int = Field(1000, ge=1, description="negatives per batch, shared by every row (mixed: besides the batch)")
     unique: bool = True
-    remove_accidental_hits: bool = True
+    remove_accidental_hits: bool | None = Field(
+        None, description="mask the candidate column equal to the row's label (one copy per id, as TF does); "
+        "unset = auto: true for sampled_softmax and with in_batch/mixed, false for nce/neg (TF's nce_loss default)"
+    )
     distortion: float = Field(1.0, ge=0.0, description="unigram counts are raised to this power")
     logq_correction: bool = Field(True, description="subtract log Q (false = biased, for study)")
     mixed_base: Literal["log_uniform", "uniform", "unigram", "learned_unigram"] = Field(
@@ -123,8 +126,14 @@ class LossConfig(_Section):
     streaming_alpha: float = Field(0.01, gt=0.0, le=1.0, description="learning rate of the streaming estimator")
 
     @model_validator(mode="after")
-    def _in_batch_removes_own_positive(self) -> LossConfig:
-        if self.sampler in ("in_batch", "mixed") and not self.remove_accidental_hits:
+    def _resolve_accidental_hits(self) -> LossConfig:
+        """The one place `remove_accidental_hits` is resolved: unset (None, or never given) → the loss's
+        default, so the validated config — and the config.yaml a run saves — always holds a bool."""
+        in_batch = self.sampler in ("in_batch", "mixed")
+        if self.remove_accidental_hits is None or "remove_accidental_hits" not in self.model_fields_set:
+            # Written into __dict__: not an explicit setting, so a later change of `kind` re-resolves it.
+            self.__dict__["remove_accidental_hits"] = self.kind not in ("nce", "neg") or in_batch
+        if in_batch and not self.remove_accidental_hits:
             raise ValueError(
                 "loss.remove_accidental_hits must be true with in_batch/mixed: each row's own positive is "
                 "among the candidates and must not count as its negative"

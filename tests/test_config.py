@@ -269,3 +269,44 @@ def test_config_from_dict_refuses_non_mapping():
 def test_hash_changes_with_content():
     assert Config().hash() != load_config(None, ["seed=7"]).hash()
     assert Config().hash() == Config().hash()
+
+
+# --- loss.remove_accidental_hits: auto by loss kind ----------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], True),  # sampled_softmax
+    (["loss.kind=full_softmax"], True),
+    (["loss.kind=nce"], False),  # TF's nce_loss default
+    (["loss.kind=neg"], False),
+    (["loss.kind=nce", "loss.sampler=in_batch"], True),  # in_batch needs the row's own column removed
+    (["loss.kind=neg", "loss.sampler=mixed"], True),
+    (["loss.kind=nce", "loss.remove_accidental_hits=null"], False),  # null = auto
+    (["loss.kind=nce", "loss.remove_accidental_hits=true"], True),  # an explicit value wins
+    (["loss.remove_accidental_hits=false"], False),
+])
+def test_remove_accidental_hits_auto_default(overrides, expected):
+    cfg = load_config(None, overrides)
+    assert cfg.loss.remove_accidental_hits is expected
+    assert dump_config(cfg).count(f"remove_accidental_hits: {str(expected).lower()}") == 1  # saved resolved
+
+
+def test_remove_accidental_hits_auto_follows_a_later_kind_and_keeps_the_default_hash():
+    cfg = Config()
+    before = cfg.hash()
+    cfg.loss.kind = "nce"  # validate_assignment re-resolves an unset value
+    assert cfg.loss.remove_accidental_hits is False
+    cfg.loss.kind = "sampled_softmax"
+    assert cfg.loss.remove_accidental_hits is True and cfg.hash() == before
+    explicit = load_config(None, ["loss.remove_accidental_hits=true"])
+    explicit.loss.kind = "nce"
+    assert explicit.loss.remove_accidental_hits is True
+    # A run saved before the auto default (explicit `true`) still equals today's default loss section.
+    assert load_config(None, ["loss.remove_accidental_hits=true"]).loss == Config().loss
+
+
+@pytest.mark.parametrize("kind", ["sampled_softmax", "nce"])
+@pytest.mark.parametrize("sampler", ["in_batch", "mixed"])
+def test_in_batch_refuses_keeping_accidental_hits(kind, sampler):
+    with pytest.raises(RecallError, match="remove_accidental_hits must be true"):
+        load_config(None, [f"loss.kind={kind}", f"loss.sampler={sampler}", "loss.remove_accidental_hits=false"])

@@ -14,20 +14,29 @@ from keras import ops
 
 
 class ItemTower(keras.layers.Layer):
-    """Item embedding table `[num_items, dim]` and optional bias `[num_items]`."""
+    """Item embedding table `[num_items, dim]` and optional bias `[num_items]`.
 
-    def __init__(self, num_items: int, dim: int, use_bias: bool = True, normalize: bool = False, **kwargs):
+    `bias_init`: every item's initial bias (with `use_bias`; without it the bias stays zeros, as the
+    index assumes). NCE/NEG start from −log(num_items), a self-normalised model (Z ≈ 1): their
+    logistic loss pushes an item's bias down only when it is drawn as a negative, so a rare item
+    starting at 0 would keep outranking the rest.
+    """
+
+    def __init__(self, num_items: int, dim: int, use_bias: bool = True, normalize: bool = False,
+                 bias_init: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_items = num_items
         self.dim = dim
         self.use_bias = use_bias
         self.normalize = normalize
+        self.bias_init = float(bias_init)
         self.embeddings = self.add_weight(
             shape=(num_items, dim),
             initializer=keras.initializers.TruncatedNormal(stddev=1.0 / dim**0.5),
             name="embeddings",
         )
-        self.bias = self.add_weight(shape=(num_items,), initializer="zeros", name="bias", trainable=use_bias)
+        self.bias = self.add_weight(shape=(num_items,), name="bias", trainable=use_bias,
+                                    initializer=keras.initializers.Constant(self.bias_init if use_bias else 0.0))
         # All state exists now. Without this a tied UserTower (which holds this layer) sees an
         # "unbuilt" sublayer when it is first called and Keras warns that it may fail later.
         self.built = True
@@ -46,7 +55,7 @@ class ItemTower(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim,
-                "use_bias": self.use_bias, "normalize": self.normalize}
+                "use_bias": self.use_bias, "normalize": self.normalize, "bias_init": self.bias_init}
 
 
 class UserTower(keras.layers.Layer):

@@ -3,9 +3,11 @@
 `in_batch`: the candidate set is the batch's own labels `[B]`. Each column is one draw from the
 training item distribution p, so item j's expected count in the set is B·p_j; subtracting
 log(B·p_j) keeps popular items — which appear in many batches — from being over-penalised.
-The loss's accidental-hit removal (training/loss.py `sampled_logits`) then drops, in every row, all
-the columns equal to that row's label: the row's own positive and any duplicates of it. (TF's own
-`compute_accidental_hits` masks only one column per distinct id, which is why the loss does it.)
+The loss's accidental-hit removal (TF's `compute_accidental_hits`, one column per distinct id) then
+drops, in every row, one column equal to that row's label — the row's own positive, which is already
+the true column. Other rows' copies of the same item stay: they are draws from p like any other
+column, and keeping them is what makes Σ_c e^{o_c}/(B·p_c) a consistent estimate of the whole
+partition function, so the log Q-corrected gradient converges as B grows (Yi et al.'s batch softmax).
 
 `mixed`: the batch labels plus S candidates from a base sampler with expected counts E_base. An
 item's expected count in the combined multiset is B·p_j + E_base(j), used for every column of j.

@@ -22,7 +22,7 @@ from recall.evaluation.model_eval import evaluate_towers
 from recall.io import write_json
 from recall.training.inputs import ExampleBatcher, epoch_order
 from recall.training.sampler_stats import sampler_report
-from recall.training.samplers import TF_SAMPLERS, make_sampler
+from recall.training.samplers import make_sampler
 from recall.training.step import make_loss_fn, make_train_step, trainable_variables
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     variables = trainable_variables(user, items)
     optimizer = make_optimizer(tc.optimizer, tc.learning_rate)
     optimizer.build(variables)
-    distinct = lc.unique and lc.sampler in TF_SAMPLERS  # in-batch labels repeat; unique=False draws too
-    loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits, distinct)
+    loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits)
     train_step = make_train_step(loss_fn, variables, optimizer)
 
     # --- state and checkpoints ---------------------------------------------------------------

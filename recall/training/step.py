@@ -21,11 +21,8 @@ def trainable_variables(user_tower: UserTower, item_tower: ItemTower) -> list:
 
 
 def make_loss_fn(user_tower, item_tower, loss_kind: str, sampler: Sampler | None,
-                 remove_accidental_hits: bool = True, distinct_candidates: bool = False):
-    """loss_fn(features, labels int64 [B], training) → scalar loss.
-
-    `distinct_candidates`: the sampler never repeats a candidate, so TF's own sampled losses apply.
-    """
+                 remove_accidental_hits: bool = True):
+    """loss_fn(features, labels int64 [B], training) → scalar loss (sampled losses: TF's own ops)."""
 
     def loss_fn(features, labels, training=True):
         queries = user_tower(features, training=training)  # [B, D]
@@ -33,9 +30,8 @@ def make_loss_fn(user_tower, item_tower, loss_kind: str, sampler: Sampler | None
         if loss_kind == "full_softmax":
             return full_softmax(weights, biases, labels, queries)
         if loss_kind in ("nce", "neg"):
-            return nce(weights, biases, labels, queries, sampler, remove_accidental_hits, distinct_candidates)
-        return sampled_softmax(weights, biases, labels, queries, sampler, remove_accidental_hits,
-                               distinct_candidates)
+            return nce(weights, biases, labels, queries, sampler, remove_accidental_hits)
+        return sampled_softmax(weights, biases, labels, queries, sampler, remove_accidental_hits)
 
     return loss_fn
 
