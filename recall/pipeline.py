@@ -145,6 +145,7 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     summary = fit(cfg, data, user, items, run_dir)
     metrics = _final_metrics(cfg, data, user, items, summary)
     write_json(run_dir / "metrics.json", metrics)
+    _log_final_scalars(run_dir, metrics)
     from recall.report import write_report
 
     write_report(run_dir, metrics)
@@ -174,6 +175,22 @@ def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
                     **evaluate_index(user, items, data.test, data.features.codes, ks, ix.factory, ix.nprobe,
                                      ix.ef_search, cfg.eval.batch_size, cfg.eval.query_age)}
     return out
+
+
+def _log_final_scalars(run_dir: Path, metrics: dict) -> None:
+    """The final test/valid metrics (both variants) and index quality as TensorBoard scalars."""
+    import tensorflow as tf
+
+    step = int(metrics.get("train", {}).get("steps") or 0)
+    with tf.summary.create_file_writer(str(run_dir / "tensorboard")).as_default(step=step):
+        for split in ("test", "valid"):
+            for variant in ("filtered", "unfiltered"):
+                for key, value in metrics[split][variant].items():
+                    if "@" in key:
+                        tf.summary.scalar(f"{split}_{variant}/{key}", value)
+        for key, value in metrics.get("index", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                tf.summary.scalar(f"index/{key}", value)
 
 
 def load_run(run_dir: str | Path):
@@ -206,6 +223,7 @@ def evaluate(run_dir: str | Path, factory: str | None = None) -> dict:
     previous = json.loads(path.read_text()) if path.exists() else {}
     metrics = _final_metrics(cfg, data, user, items, previous.get("train", {}))
     write_json(path, metrics)
+    _log_final_scalars(Path(run_dir), metrics)
     write_report(run_dir, metrics)
     return metrics
 

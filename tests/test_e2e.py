@@ -121,6 +121,19 @@ def test_run_directory_holds_every_artifact(run):
     assert t["steps"] == 3 * batches
 
 
+def test_tensorboard_holds_training_validation_and_test_scalars(run):
+    import tensorflow as tf
+
+    run_dir, _ = run
+    tags = set()
+    for events in Path(run_dir, "tensorboard").glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(events)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    assert "train/loss" in tags
+    assert {"valid/hr@10", "test_filtered/hr@10", "test_unfiltered/ndcg@50", "valid_filtered/hr@50"} <= tags
+
+
 def test_manifest_lists_sha256_of_every_file(run):
     export = run[0] / "export"
     manifest = json.loads((export / "manifest.json").read_text())
