@@ -125,11 +125,28 @@ class UserTower(keras.layers.Layer):
                                                        name="position_embeddings")
             self.attention_query = keras.layers.Dense(dim, use_bias=False, name="attention_query")
 
+    def _history_table(self):
+        return self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings
+
     def _embed_history(self, history):
-        table = self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings
-        mask = ops.cast(history >= 0, "float32")[..., None]  # [B, M, 1]
-        emb = tf.gather(table, ops.maximum(history, 0)) * mask  # [B, M, D]
+        """Per-position embeddings `[B, m, D]` (zeros at padding) and mask `[B, m, 1]` of `history` [B, m]."""
+        mask = ops.cast(history >= 0, "float32")[..., None]
+        emb = tf.gather(self._history_table(), ops.maximum(history, 0)) * mask
         return emb, mask
+
+    def _mean_of_history(self, history):
+        """Mean embedding of the non-padding ids of each row, `[B, D]` (zeros for an empty history).
+
+        Gathers each distinct id of the batch once and averages with a sparse segment mean: the
+        gradient is then one row per distinct item, not one per (row, position) — the gather-and-mask
+        form costs B·M gradient rows that the optimizer has to aggregate, the step's largest cost.
+        """
+        positions = tf.where(history >= 0)  # [nnz, 2], row-major, so segment ids are sorted
+        ids = tf.gather_nd(history, positions)
+        distinct, slot = tf.unique(ids)
+        return tf.sparse.segment_mean(
+            tf.gather(self._history_table(), distinct), slot, tf.cast(positions[:, 0], tf.int32),
+            num_segments=tf.shape(history)[0])
 
     @staticmethod
     def _masked_mean(emb, mask):
@@ -146,10 +163,13 @@ class UserTower(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         history = inputs["history"]
-        emb, mask = self._embed_history(history)
-        parts = [self._masked_mean(emb, mask)]
+        parts = [self._mean_of_history(history)]
+        # History is right-aligned, so the last columns are the most recent items; only the window
+        # the recency features need is gathered per position.
+        window = max(self.recent, self.last_items, self.max_history if self.attention else 0)
+        if window:
+            emb, mask = self._embed_history(history[:, -window:])
         if self.recent > 0:
-            # History is right-aligned, so the last columns are the most recent items.
             parts.append(self._masked_mean(emb[:, -self.recent :], mask[:, -self.recent :]))
             parts.append(emb[:, -1])
         if self.last_items > 0:
