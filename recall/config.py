@@ -80,7 +80,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> ModelConfig:
-        for name in ("recent", "last_items"):
+        for name in ("recent", "last_items", "gru"):
             if getattr(self, name) > self.max_history:
                 raise ValueError(f"model.{name} ({getattr(self, name)}) cannot exceed model.max_history ({self.max_history})")
         return self
@@ -93,6 +93,7 @@ class ModelConfig(_Section):
     )
     last_items: int = Field(0, ge=0, description="feed the last n history items each in its own slot (order-aware)")
     attention: bool = Field(False, description="attention pooling over the history, latest item as the query")
+    gru: int = Field(0, ge=0, description="encode the last n history items with a GRU (0 = off)")
     tie_embeddings: bool = Field(False, description="history embeddings share the output item table")
     item_bias: bool = True
     feature_dim: int = Field(16, ge=1, description="embedding width of each categorical user feature")

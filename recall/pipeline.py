@@ -86,7 +86,8 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
                       name="items")
     user = UserTower(
         num_items, mc.dim, mc.hidden, mc.max_history, feature_sizes=feature_sizes, feature_dim=mc.feature_dim,
-        recent=mc.recent, last_items=mc.last_items, attention=mc.attention, example_age=mc.example_age,
+        recent=mc.recent, last_items=mc.last_items, attention=mc.attention, gru=mc.gru,
+        example_age=mc.example_age,
         dropout=mc.dropout, normalize=mc.normalize,
         temperature=mc.temperature, shared_items=items if mc.tie_embeddings else None, name="user",
     )

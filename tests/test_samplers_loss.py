@@ -231,7 +231,7 @@ def test_temperature_divides_the_output(normalize):
 
 def test_tower_get_config_round_trips():
     args = dict(num_items=11, dim=6, hidden=[16, 8], max_history=7, feature_sizes=[3, 5], feature_dim=4,
-                recent=2, last_items=2, attention=True, example_age=False, dropout=0.1, normalize=True,
+                recent=2, last_items=2, attention=True, gru=2, example_age=False, dropout=0.1, normalize=True,
                 temperature=0.5)
     tower = UserTower(name="user", **args)
     config = tower.get_config()

@@ -56,3 +56,14 @@ def test_recent_window_uses_the_latest_columns():
     emb_b, _ = tower._embed_history(tf.constant(b)[:, -3:])
     np.testing.assert_array_equal(emb_a.numpy(), emb_b.numpy())
     assert not np.allclose(tower(feats(a)).numpy(), tower(feats(b)).numpy())
+
+
+def test_gru_window_ignores_left_padding():
+    tower = UserTower(20, 4, [8], 6, gru=4, example_age=False, name="user")
+    short = np.array([[-1, -1, -1, -1, 5, 7]], np.int32)
+    feats = {"history": tf.constant(short), "age": tf.zeros([1]), "user_features": tf.zeros([1, 0], tf.int32)}
+    emb, mask = tower._embed_history(tf.constant(short)[:, -4:])
+    masked = tower.sequence(emb, mask=mask[..., 0] > 0).numpy()
+    only_items = tower.sequence(emb[:, -2:]).numpy()  # the same two items with no padding at all
+    np.testing.assert_allclose(masked, only_items, rtol=1e-5, atol=1e-6)
+    assert tower(feats).shape == (1, 4)

@@ -78,6 +78,7 @@ class UserTower(keras.layers.Layer):
         recent: int = 0,
         last_items: int = 0,
         attention: bool = False,
+        gru: int = 0,
         example_age: bool = True,
         dropout: float = 0.0,
         normalize: bool = False,
@@ -95,6 +96,7 @@ class UserTower(keras.layers.Layer):
         self.recent = recent
         self.last_items = last_items
         self.attention = attention
+        self.gru_window = gru
         self.example_age = example_age
         self.dropout_rate = dropout
         self.normalize = normalize
@@ -119,6 +121,9 @@ class UserTower(keras.layers.Layer):
             setattr(self, layer.name, layer)
         self.drop = keras.layers.Dropout(dropout) if dropout > 0 else None
         self.out = keras.layers.Dense(dim, name="output")
+        if gru:
+            # A GRU over the last `gru` items (GRU4Rec-style): order and short-term dynamics.
+            self.sequence = keras.layers.GRU(dim, name="sequence")
         if attention:
             # Attention pooling: the latest item asks which history items matter; positions are learned.
             self.position_embeddings = self.add_weight(shape=(max_history, dim), initializer="zeros",
@@ -166,7 +171,7 @@ class UserTower(keras.layers.Layer):
         parts = [self._mean_of_history(history)]
         # History is right-aligned, so the last columns are the most recent items; only the window
         # the recency features need is gathered per position.
-        window = max(self.recent, self.last_items, self.max_history if self.attention else 0)
+        window = max(self.recent, self.last_items, self.gru_window, self.max_history if self.attention else 0)
         if window:
             emb, mask = self._embed_history(history[:, -window:])
         if self.recent > 0:
@@ -177,6 +182,10 @@ class UserTower(keras.layers.Layer):
             parts.append(ops.reshape(emb[:, -self.last_items :], [-1, self.last_items * self.dim]))
         if self.attention:
             parts.append(self._attention_pool(emb, mask))
+        if self.gru_window:
+            # Right-aligned padding sits before the items, so a masked GRU simply skips it.
+            w = self.gru_window
+            parts.append(self.sequence(emb[:, -w:], mask=mask[:, -w:, 0] > 0))
         for i, layer in enumerate(self.feature_embeddings):
             parts.append(layer(inputs["user_features"][:, i]))
         if self.example_age:
@@ -197,5 +206,5 @@ class UserTower(keras.layers.Layer):
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim, "hidden": self.hidden,
                 "max_history": self.max_history, "feature_sizes": self.feature_sizes,
                 "feature_dim": self.feature_dim, "recent": self.recent, "last_items": self.last_items,
-                "attention": self.attention, "example_age": self.example_age,
+                "attention": self.attention, "gru": self.gru_window, "example_age": self.example_age,
                 "dropout": self.dropout_rate, "normalize": self.normalize, "temperature": self.temperature}
