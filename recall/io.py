@@ -53,3 +53,31 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `run_dir` (a `.lock` file with our pid) for the duration.
+
+    `flock` locks die with their process, so a killed run never leaves a stale lock behind.
+    A second `recall train` on the same directory is refused instead of corrupting checkpoints.
+    """
+    import fcntl
+
+    from recall.errors import RecallError
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise RecallError(f"{run_dir}: in use by another `recall train` (pid {holder}); wait for it to "
+                              "finish or pass another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

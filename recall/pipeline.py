@@ -18,7 +18,7 @@ from recall.data.examples import Examples, Queries, make_examples, make_queries
 from recall.data.features import UserFeatures, empty_features, encode_user_features
 from recall.data.split import Split, leave_last_out
 from recall.errors import RecallError
-from recall.io import write_json, write_text
+from recall.io import run_dir_lock, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +139,18 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
 
     log.info("data: %d users, %d items, %d train interactions, %d examples",
              s.num_users, s.num_items, int(s.train_indptr[-1]), len(data.examples))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", dump_config(cfg))
-
-    user, items = build_model(cfg, s.num_items, data.features.sizes)
-    summary = fit(cfg, data, user, items, run_dir)
-    metrics = _final_metrics(cfg, data, user, items, summary)
-    write_json(run_dir / "metrics.json", metrics)
-    _log_final_scalars(run_dir, metrics)
+    from recall.bundle import export_bundle
     from recall.report import write_report
 
-    write_report(run_dir, metrics)
-    from recall.bundle import export_bundle
-
-    export_bundle(cfg, data, user, items, run_dir / "export")
+    with run_dir_lock(run_dir):
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+        user, items = build_model(cfg, s.num_items, data.features.sizes)
+        summary = fit(cfg, data, user, items, run_dir)
+        metrics = _final_metrics(cfg, data, user, items, summary)
+        write_json(run_dir / "metrics.json", metrics)
+        _log_final_scalars(run_dir, metrics)
+        write_report(run_dir, metrics)
+        export_bundle(cfg, data, user, items, run_dir / "export")
     return metrics
 
 
