@@ -1,40 +1,12 @@
 """notebooks/02_sampled_softmax.ipynb runs top to bottom on tiny sizes and fills its sampler table."""
 
 import json
-from pathlib import Path
 
 import pytest
+from notebook_helpers import NOTEBOOKS, SMALL, errors, nbformat, run_notebook
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-kernelspec = pytest.importorskip("jupyter_client.kernelspec")
-
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_sampled_softmax.ipynb"
-KERNEL = "python3"
+NOTEBOOK = NOTEBOOKS / "02_sampled_softmax.ipynb"
 SAMPLERS = ["log_uniform", "in_batch"]
-SMALL = ["train.epochs=1", "model.dim=16", "model.hidden=[32]", "loss.num_sampled=100"]
-
-
-def run_notebook(path: Path) -> nbformat.NotebookNode:
-    """Execute `path` in a fresh python3 kernel whose cwd is the notebook's folder; raise on error."""
-    if KERNEL not in kernelspec.find_kernel_specs():
-        pytest.skip(f"no Jupyter kernel named {KERNEL!r} (install ipykernel)")
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name=KERNEL, resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()
-    return nb
-
-
-def errors(nb) -> list[str]:
-    return [
-        f"{out.get('ename')}: {out.get('evalue')}"
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for out in cell.get("outputs", [])
-        if out.get("output_type") == "error"
-    ]
 
 
 def test_sampled_softmax_notebook_is_committed_without_outputs():
