@@ -126,6 +126,12 @@ def _cmd_query(args) -> int:
 
     history = [h.strip() for h in args.history.split(",") if h.strip()]
     rec = Recommender.load(args.export_dir)
+    rows = rec.rows_of(history)
+    unknown = [h for h, r in zip(history, rows, strict=True) if r < 0]
+    if unknown:  # the tower would skip them anyway; dropping them here keeps recommend() from logging twice
+        shown = ", ".join(unknown[:10]) + (f", … ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        print(f"note: ignored {len(unknown)} history item id(s) unknown to the model: {shown}", file=sys.stderr)
+        history = [h for h, r in zip(history, rows, strict=True) if r >= 0]
     features = None
     if args.feature:
         given = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,7 +19,8 @@ from recall.errors import RecallError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan pass a `gt=0` check and would only surface as a NaN loss hours later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ColumnsConfig(_Section):
@@ -41,7 +42,7 @@ class SyntheticConfig(_Section):
     popularity_exponent: float = Field(1.0, ge=0.0, description="Zipf exponent of item popularity")
     taste_concentration: float = Field(0.3, gt=0.0, description="Dirichlet α of a user's topic mix")
     drift: float = Field(0.2, ge=0.0, le=1.0, description="chance per step that the user's topic changes")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class UserFeaturesConfig(_Section):
@@ -49,7 +50,7 @@ class UserFeaturesConfig(_Section):
 
     path: str
     key: str = "user_id"
-    columns: list[str] = Field(default_factory=list, description="categorical columns to use")
+    columns: list[str] = Field(default_factory=list, description="categorical columns to use (empty = all but the key)")
     prefix: dict[str, int] = Field(
         default_factory=dict, description="keep only the first n characters of a column (zip codes)"
     )
@@ -86,7 +87,8 @@ class ModelConfig(_Section):
         return self
 
     dim: int = Field(64, ge=1, le=4096, description="output dimension D of both towers")
-    hidden: list[int] = Field(default_factory=lambda: [256], description="ReLU MLP widths before the output layer")
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [256], description="ReLU MLP widths before the output layer")
     max_history: int = Field(50, ge=1, le=10000, description="most recent items kept in the history")
     recent: int = Field(
         0, ge=0, description="also pool the last n items separately and feed the last item (0 = plain mean)"
@@ -96,7 +98,7 @@ class ModelConfig(_Section):
     gru: int = Field(0, ge=0, description="encode the last n history items with a GRU (0 = off)")
     tie_embeddings: bool = Field(False, description="history embeddings share the output item table")
     item_bias: bool = True
-    feature_dim: int = Field(16, ge=1, description="embedding width of each categorical user feature")
+    feature_dim: int = Field(16, ge=1, le=4096, description="embedding width of each categorical user feature")
     example_age: bool = Field(True, description="Covington et al.'s example-age feature (served as 0)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     normalize: bool = Field(False, description="L2-normalise both towers (cosine); use with temperature")
@@ -153,7 +155,11 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(1024, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
-    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    optimizer: Literal["adam", "adagrad", "sgd", "lazy_adam", "lazy_adagrad"] = Field(
+        "adam", description="lazy_adam: Adam that updates only the embedding rows a batch touched (a step's cost "
+        "does not grow with the catalogue; untouched rows keep their moments); lazy_adagrad: Adagrad, row-wise "
+        "(same result as adagrad, faster on large catalogues)"
+    )
     min_history: int = Field(1, ge=0, description="skip examples whose history is shorter than this")
     max_examples_per_user: int | None = Field(None, ge=1, description="keep each user's latest n examples")
     shuffle: bool = True
@@ -185,7 +191,7 @@ class IndexConfig(_Section):
 class Config(_Section):
     """The whole run."""
 
-    seed: int = 42
+    seed: int = Field(42, ge=0, description="seeds TF and the per-epoch shuffle (numpy refuses negative seeds)")
     run_dir: str | None = Field(None, description="default: runs/<config file name>")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -193,6 +199,18 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     index: IndexConfig = IndexConfig()
+
+    @model_validator(mode="after")
+    def _early_stopping_metric_is_evaluated(self) -> Config:
+        es = self.train.early_stopping
+        if es is not None:
+            k = int(es.metric.split("@")[1])
+            if k not in self.eval.ks:
+                raise ValueError(
+                    f"train.early_stopping.metric {es.metric!r} is not computed: add {k} to eval.ks "
+                    f"({self.eval.ks}) or pick one of {', '.join(f'hr@{x}' for x in self.eval.ks)}"
+                )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -206,11 +224,13 @@ class Config(_Section):
 def _format_errors(err: ValidationError, origin: str) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # A key as typed (repr when it is not a plain name, so '\n' or '' cannot break the one-line message).
+        loc = ".".join(p if isinstance(p, str) and p.isidentifier() else str(p) if isinstance(p, int) else repr(p)
+                       for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see README 'Config reference')"
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # cross-section rules name their fields themselves
     return f"{origin}: " + "; ".join(parts)
 
 

@@ -70,13 +70,7 @@ def build_index(
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be [N, d], got shape {vectors.shape}")
     n, d = vectors.shape
-    try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise RecallError(
-            f"index.factory {factory!r} is not a valid faiss index_factory string for "
-            f"dimension {d}: {_faiss_reason(exc)}; {FACTORY_EXAMPLES}"
-        ) from None
+    index = _new_index(d, factory)
 
     if not index.is_trained:
         _seed_clustering(index, seed)
@@ -98,6 +92,39 @@ def build_index(
                 _too_few_message(factory, int(need.group(1)), n, lists=False)
             ) from None
 
+    _set_search_params(index, factory, nprobe, ef_search)
+    index.add(vectors)
+    return index
+
+
+def check_index_config(num_items: int, dim: int, factory: str, nprobe: int | None = None,
+                       ef_search: int | None = None) -> None:
+    """Raise the RecallError `build_index` would raise for N=`num_items` vectors of `dim`, without
+    training anything: lets a run refuse a bad `index.*` section before it writes or trains."""
+    index = _new_index(dim, factory)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and num_items < ivf.nlist:
+        raise RecallError(_too_few_message(factory, ivf.nlist, num_items, lists=True))
+    inner = faiss.downcast_index(ivf if ivf is not None else index)
+    storage = getattr(inner, "storage", None)  # HNSW over PQ codes keeps its PQ there
+    for holder in (inner, faiss.downcast_index(storage) if storage is not None else None):
+        pq = getattr(holder, "pq", None)
+        if pq is not None and num_items < pq.ksub:
+            raise RecallError(_too_few_message(factory, int(pq.ksub), num_items, lists=False))
+    _set_search_params(index, factory, nprobe, ef_search)
+
+
+def _new_index(d: int, factory: str) -> faiss.Index:
+    try:
+        return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise RecallError(
+            f"index.factory {factory!r} is not a valid faiss index_factory string for "
+            f"dimension {d}: {_faiss_reason(exc)}; {FACTORY_EXAMPLES}"
+        ) from None
+
+
+def _set_search_params(index: faiss.Index, factory: str, nprobe: int | None, ef_search: int | None) -> None:
     params = faiss.ParameterSpace()
     for name, value, field, kind in (
         ("nprobe", nprobe, "index.nprobe", "an IVF factory such as 'IVF64,Flat'"),
@@ -111,9 +138,6 @@ def build_index(
             raise RecallError(
                 f"{field} does not apply to index.factory {factory!r}; remove {field} or use {kind}"
             ) from None
-
-    index.add(vectors)
-    return index
 
 
 def _seed_clustering(index: faiss.Index, seed: int) -> None:

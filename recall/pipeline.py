@@ -58,11 +58,11 @@ def prepare_data(cfg: Config) -> Data:
     if len(examples) == 0:
         raise RecallError("data: no training examples; lower train.min_history or give users longer histories")
     uf = cfg.data.user_features
-    if uf is not None and uf.columns:
+    if uf is not None:  # no columns listed = every column but the key
         from recall.data.readers import read_user_features
 
         table = read_user_features(uf.path, key=uf.key, columns=uf.columns, prefix=uf.prefix)
-        features = encode_user_features(table, split.user_ids)
+        features = encode_user_features(table, split.user_ids, source=uf.path)
     else:
         features = empty_features(split.num_users)
     m = cfg.model.max_history
@@ -97,6 +97,11 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
 
 
 def make_optimizer(name: str, learning_rate: float):
+    """Keras' adam/adagrad/sgd, or a row-wise optimiser for embedding tables (recall/training/optim.py)."""
+    if name in ("lazy_adam", "lazy_adagrad"):
+        from recall.training.optim import LazyAdagrad, LazyAdam
+
+        return {"lazy_adam": LazyAdam, "lazy_adagrad": LazyAdagrad}[name](learning_rate=learning_rate)
     import keras
 
     return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad,
@@ -117,6 +122,11 @@ def _check_run_dir(cfg: Config, run_dir: Path) -> None:
                 f"{run_dir}: holds a run with a different '{section}' section; use a new --run-dir, "
                 "or delete the old one to start over"
             )
+    if old.train.optimizer != cfg.train.optimizer:  # its slots live in the checkpoint
+        raise RecallError(
+            f"{run_dir}: was trained with train.optimizer={old.train.optimizer}, not {cfg.train.optimizer}; "
+            "resume with the same optimizer or use a new --run-dir"
+        )
 
 
 def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
@@ -134,6 +144,15 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     if lc.kind != "full_softmax" and lc.sampler != "in_batch" and lc.num_sampled >= s.num_items:
         raise RecallError(f"loss.num_sampled={lc.num_sampled} must be smaller than the catalogue "
                           f"({s.num_items} items); lower it or use loss.kind=full_softmax")
+    ks = cfg.eval.ks
+    if ks[-1] > s.num_items:  # sorted; a K past the catalogue ranks everything and measures nothing
+        fit_ks = ",".join(str(k) for k in ks if k <= s.num_items) or str(s.num_items)
+        raise RecallError(f"eval.ks: K={ks[-1]} is larger than the catalogue ({s.num_items} train items); "
+                          f"use Ks of at most {s.num_items}, e.g. --set eval.ks=[{fit_ks}]")
+    from recall.index import check_index_config
+
+    ix = cfg.index
+    check_index_config(s.num_items, cfg.model.dim + int(cfg.model.item_bias), ix.factory, ix.nprobe, ix.ef_search)
     # TensorFlow is imported only once the inputs are known to be good.
     from recall.training.loop import fit
 

@@ -34,14 +34,53 @@ def read_manifest(export_dir: str | Path, verify_files: bool = True) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise RecallError(f"{path}: format_version {manifest.get('format_version')!r} is not supported by "
                           f"this recall (expects {FORMAT_VERSION}); re-export with this version")
+    _check_fields(manifest, path)
     if verify_files:
-        for name, digest in manifest.get("files", {}).items():
+        for name, digest in manifest["files"].items():
             f = export_dir / name
             if not f.is_file():
                 raise RecallError(f"{f}: listed in the manifest but missing; re-export the run")
             if sha256_file(f) != digest:
                 raise RecallError(f"{f}: sha256 differs from manifest.json (corrupt or modified); re-export the run")
     return manifest
+
+
+# Manifest fields serving reads, with the check each must pass (a tampered manifest is refused, not half-used).
+_FIELDS = {
+    "index_dim": lambda v: isinstance(v, int) and v >= 1,
+    "num_items": lambda v: isinstance(v, int) and v >= 1,
+    "item_id_dtype": lambda v: v in ("int64", "string"),
+    "history_pad": lambda v: isinstance(v, (int, str)),
+    "user_features": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+    "signature": lambda v: isinstance(v, dict) and isinstance(v.get("name"), str),
+    "files": lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values()),
+}
+
+
+def _check_fields(manifest: dict, path: Path) -> None:
+    for name, ok in _FIELDS.items():
+        if name not in manifest or isinstance(manifest[name], bool) or not ok(manifest[name]):
+            what = "missing" if name not in manifest else f"invalid ({str(manifest[name])[:60]!r})"
+            raise RecallError(f"{path}: field {name!r} is {what} (truncated or edited?); re-export the run")
+    for name in manifest["files"]:  # only files inside the bundle are read, and hashed
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise RecallError(f"{path}: 'files' lists {name!r}, outside the bundle (edited?); re-export the run")
+
+
+def _load_item_ids(path: Path, manifest: dict) -> np.ndarray:
+    """item_ids.npy without pickle: a 1-D int64 or str array matching manifest["item_id_dtype"]."""
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # truncated, not .npy, or an object array (pickle)
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise RecallError(f"{path}: not a plain .npy array ({reason}); truncated and pickled files are "
+                          "refused, re-export the run") from None
+    kind = "i" if manifest["item_id_dtype"] == "int64" else "U"
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind != kind:
+        raise RecallError(f"{path}: holds {getattr(ids, 'dtype', type(ids).__name__)} "
+                          f"{getattr(ids, 'shape', '')}, not the 1-D {manifest['item_id_dtype']} ids the "
+                          "manifest promises; re-export the run")
+    return ids
 
 
 class Recommender:
@@ -72,16 +111,29 @@ class Recommender:
         if index.d != manifest["index_dim"] or index.ntotal != manifest["num_items"]:
             raise RecallError(f"{export_dir / 'items.faiss'}: index has d={index.d}, {index.ntotal} items but the "
                               f"manifest says d={manifest['index_dim']}, {manifest['num_items']} items; re-export")
-        item_ids = np.load(export_dir / "item_ids.npy", allow_pickle=False)
+        item_ids = _load_item_ids(export_dir / "item_ids.npy", manifest)
         if len(item_ids) != index.ntotal:
             raise RecallError(f"{export_dir / 'item_ids.npy'}: {len(item_ids)} ids for {index.ntotal} indexed "
                               "items; re-export the run")
-        model = tf.saved_model.load(str(export_dir / "user_tower"))
-        signature = model.signatures[manifest["signature"]["name"]]
+        tower = export_dir / "user_tower"
+        try:
+            model = tf.saved_model.load(str(tower))
+        except (OSError, ValueError, IndexError, KeyError, tf.errors.OpError) as e:  # truncated/foreign files
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise RecallError(f"{tower}: not a loadable SavedModel ({reason}); re-export the run") from None
+        name = manifest["signature"]["name"]
+        signature = getattr(model, "signatures", {}).get(name)
+        if signature is None or "query" not in signature.structured_outputs:
+            raise RecallError(f"{tower}: has no signature {name!r} returning 'query'; re-export the run")
         out_dim = signature.structured_outputs["query"].shape[-1]
         if out_dim != index.d:
-            raise RecallError(f"{export_dir}: user tower returns {out_dim}-d queries but items.faiss is "
-                              f"{index.d}-d; the bundle mixes two runs, re-export it")
+            raise RecallError(f"{export_dir / 'items.faiss'}: index is {index.d}-d but the user tower returns "
+                              f"{out_dim}-d queries; the bundle mixes two runs, re-export it")
+        key = signature.structured_input_signature[1].get("history")
+        want = tf.string if manifest["item_id_dtype"] == "string" else tf.int64
+        if key is None or key.dtype != want:
+            raise RecallError(f"{tower}: takes {getattr(key, 'dtype', 'no')} history ids but the manifest says "
+                              f"{manifest['item_id_dtype']}; re-export the run")
         rec = cls(manifest, index, item_ids, signature)
         rec._model = model  # keep the SavedModel (and its lookup tables) alive
         return rec

@@ -5,6 +5,7 @@ import pytest
 from recall.errors import RecallError
 from recall.index import (
     build_index,
+    check_index_config,
     fold_bias,
     fold_query,
     load_index,
@@ -142,6 +143,26 @@ def test_too_few_training_vectors_for_ivf():
 def test_nprobe_on_flat_is_a_user_error():
     with pytest.raises(RecallError, match=r"index.nprobe"):
         build_index(np.ones((10, 4), np.float32), "Flat", nprobe=8)
+
+
+@pytest.mark.parametrize("n, factory, params", [
+    (40, "XYZ", {}), (40, "IVF64,Flat", {}), (40, "Flat", {"nprobe": 2}), (40, "HNSW8", {"nprobe": 2}),
+    (40, "PQ4", {}), (40, "HNSW8,PQ4", {}), (40, "IVF4,PQ2x4", {"nprobe": 2}), (40, "HNSW8", {"ef_search": 16}),
+])
+def test_check_index_config_refuses_what_build_index_refuses(n, factory, params):
+    """The pre-flight check (run before a run directory is written) agrees with the real build."""
+    vectors = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    try:
+        build_index(vectors, factory, **params)
+        expected = None
+    except RecallError as e:
+        expected = str(e)
+    if expected is None:
+        check_index_config(n, 8, factory, **params)
+    else:
+        with pytest.raises(RecallError) as info:
+            check_index_config(n, 8, factory, **params)
+        assert str(info.value) == expected
 
 
 def test_save_load_round_trip(tmp_path, random_model):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from recall.errors import RecallError
+
 log = logging.getLogger(__name__)
 
 
@@ -43,13 +45,25 @@ def empty_features(num_users: int) -> UserFeatures:
     return UserFeatures(names=[], vocabs=[], codes=np.zeros((num_users, 0), dtype=np.int32))
 
 
-def encode_user_features(table: pd.DataFrame, user_ids: np.ndarray) -> UserFeatures:
-    """Codes for `user_ids` [U] from `table` (indexed by raw user id, one str column per feature)."""
-    aligned = table.reindex(pd.Index(user_ids))
-    missing = int(aligned.isna().all(axis=1).sum()) if len(table.columns) else 0
+def encode_user_features(table: pd.DataFrame, user_ids: np.ndarray, source: str = "user features") -> UserFeatures:
+    """Codes for `user_ids` [U] from `table` (indexed by raw user id, one str column per feature).
+
+    Users absent from the table get code 0 (unknown) with a warning; when none of them is in the table
+    (usually a key column or id type that does not match the interactions) it is a RecallError naming `source`.
+    """
+    known = pd.Index(user_ids).isin(table.index)
+    missing = int((~known).sum())
+    if len(user_ids) and missing == len(user_ids):
+        ours, theirs = (np.asarray(x[:1]).tolist() for x in (user_ids, table.index))  # plain ints/strs for repr
+        raise RecallError(
+            f"{source}: none of the {len(user_ids)} users of the interactions is in this table (users look like "
+            f"{ours}, its ids like {theirs}); check data.user_features.key names a column holding the same ids "
+            "as the interactions' user column"
+        )
     if missing:
-        log.warning("user features: %d of %d users are not in the feature table; their features are 'unknown'",
-                    missing, len(user_ids))
+        log.warning("%s: %d of %d users are not in the feature table; their features are 'unknown'",
+                    source, missing, len(user_ids))
+    aligned = table.reindex(pd.Index(user_ids))
     names = list(table.columns)
     vocabs = []
     for name in names:

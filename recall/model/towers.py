@@ -13,6 +13,12 @@ import tensorflow as tf
 from keras import ops
 
 
+def _backing(var) -> tf.Variable:
+    """The `tf.Variable` behind a Keras 3 variable (itself for a `tf.Variable`)."""
+    inner = getattr(var, "_value", None)
+    return inner if isinstance(inner, tf.Variable) else var
+
+
 class ItemTower(keras.layers.Layer):
     """Item embedding table `[num_items, dim]` and optional bias `[num_items]`.
 
@@ -42,11 +48,16 @@ class ItemTower(keras.layers.Layer):
         self.built = True
 
     def weights_and_biases(self) -> tuple[tf.Tensor, tf.Tensor]:
-        """`[N, D]` output vectors (L2-normalised in cosine mode) and `[N]` biases (zeros without bias)."""
-        w = self.embeddings
+        """`[N, D]` output vectors (L2-normalised in cosine mode) and `[N]` biases (zeros without bias).
+
+        Without normalisation these are the backing `tf.Variable`s themselves, so the sampled losses'
+        lookups are sparse reads of the touched rows (and their gradients `tf.IndexedSlices`). A Keras
+        variable would be read whole first, and after a row-wise update TF copies the whole table on
+        every such read (copy-on-read) — a step cost that grows with the catalogue.
+        """
         if self.normalize:
-            w = tf.math.l2_normalize(w, axis=-1)
-        return w, self.bias
+            return tf.math.l2_normalize(self.embeddings, axis=-1), _backing(self.bias)
+        return _backing(self.embeddings), _backing(self.bias)
 
     def call(self, ids):
         """ids int [...] → vectors [..., D]."""
@@ -131,7 +142,8 @@ class UserTower(keras.layers.Layer):
             self.attention_query = keras.layers.Dense(dim, use_bias=False, name="attention_query")
 
     def _history_table(self):
-        return self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings
+        """The history table as its backing `tf.Variable` (gathers are sparse reads; see weights_and_biases)."""
+        return _backing(self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings)
 
     def _embed_history(self, history):
         """Per-position embeddings `[B, m, D]` (zeros at padding) and mask `[B, m, 1]` of `history` [B, m]."""

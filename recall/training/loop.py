@@ -76,7 +76,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     batches_per_epoch = math.ceil(n / tc.batch_size)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     es = tc.early_stopping
-    metric = es.metric if es else f"hr@{min(50, max(cfg.eval.ks))}"
+    # Without early stopping, "best" still needs a metric that is computed: HR at the largest K ≤ 50.
+    metric = es.metric if es else f"hr@{max([k for k in cfg.eval.ks if k <= 50] or [min(cfg.eval.ks)])}"
     # A run that already stopped early stays stopped when `recall train` is called on it again.
     stopped_early = bool(es) and int(state["bad_epochs"]) >= es.patience
 

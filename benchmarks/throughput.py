@@ -1,0 +1,587 @@
+"""Throughput benchmark: training speed, catalogue scaling, input pipeline and evaluation time, one table.
+
+    python benchmarks/throughput.py                        # everything except 10M items and the ANN part
+    python benchmarks/throughput.py --big --ann            # + 10M items, + IVF/HNSW over 1M items × 100k queries
+    python benchmarks/throughput.py --only scaling --sizes 10000,1000000 --optimizers adam,lazy_adam
+    python benchmarks/throughput.py --quick                # small sizes, few steps (a smoke test, ~1 min)
+
+Sections (`--only ml1m,scaling,input,eval`):
+
+- **ml1m** — examples/s of the training step fed by the real tf.data pipeline (the loop's own pieces,
+  each case in a fresh process:
+  `ExampleBatcher.dataset` → `make_train_step`; no tqdm, logging or validation) on ML-1M, for
+  (a) the DeepMatch shape: configs/ml-1m.yaml with dim 32, MLP [64], 255 shared log-uniform negatives,
+  history 50, no recency features, no user features, batch `--batch`; (b) the shipped configs/ml-1m.yaml
+  (its own batch size). Steady state: the first `--skip` steps (tracing, warm-up) are not timed. Once
+  per optimiser in `--optimizers`.
+- **scaling** — the median step time (`--steps` steps after `--warmup`) and the process's peak RSS
+  at 10k, 100k, 1M items (and 10M with `--big`), each size × optimiser in a fresh process (so peaks
+  don't accumulate): the DeepMatch towers (dim 32, MLP [64], history 50, item bias, example age),
+  the log-uniform sampler with 255 shared negatives and the compiled train step, on synthetic batches
+  whose history and label ids are log-uniform over the catalogue (the popularity shape the sampler
+  assumes). Same batch, negatives and dimension at every size: the step should not grow with N.
+  `rss_model` is the RSS after the model and optimiser slots are built, `peak_rss` the maximum.
+- **input** — generation time of `--interactions` synthetic interactions (`recall.data.synthetic`:
+  synthesize → leave-last-out split → make_examples), then the rate of `ExampleBatcher.dataset`
+  alone (batches/s and examples/s, history 50, batch `--batch`), in a fresh process (peak RSS too).
+- **eval** — the full filtered ML-1M evaluation (test queries, exact Flat index, every K): the towers
+  of `--run-dir` when given, else untrained towers of configs/ml-1m.yaml (timing only). With `--ann`:
+  IVF and HNSW indexes over `--ann-items` clustered random vectors (dim 32, a Gaussian mixture — random
+  embeddings with some structure, as trained ones have, 1 centre per 1,000 items) searched with
+  `--ann-queries` queries: build time, queries/s, speed-up over exact search, and index recall@100
+  against exact search on the first `--ann-exact-queries` queries (exact search over all 100k
+  queries alone would take ~10 minutes on 2 cores).
+
+Without the ML-1M files the ml1m and eval parts say so and are skipped. Results go to --out (JSON,
+written atomically after every section) with the machine, the versions and the settings. Speed
+numbers are measurements on a possibly shared machine (the load average is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SECTIONS = ("ml1m", "scaling", "input", "eval")
+ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
+# The DeepMatch YoutubeDNN shape from the speed issue, as overrides of configs/ml-1m.yaml.
+DEEPMATCH = ["model.dim=32", "model.hidden=[64]", "loss.num_sampled=255", "loss.sampler=log_uniform",
+             "model.max_history=50", "model.recent=0", "data.user_features=null"]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def gib(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def size_label(n: int) -> str:
+    for unit, div in (("M", 10**6), ("k", 10**3)):
+        if n >= div and n % div == 0:
+            return f"{n // div}{unit}"
+    return str(n)
+
+
+def machine() -> dict:
+    try:
+        from benchmarks.samplers import machine as _machine
+
+        return _machine()
+    except Exception:  # noqa: BLE001 — a description of the machine is nice to have, not required
+        import platform
+
+        return {"platform": platform.platform(), "cores": os.cpu_count(),
+                "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def run_worker(task: dict, timeout: float | None = None) -> dict:
+    """Run `task` in a fresh Python process (this file, --worker); its JSON result."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(task)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit code {proc.returncode}"
+        return {"error": f"{reason}: " + " | ".join(tail)}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# --- ml1m: examples/s of the real step + input pipeline ---------------------------------------------
+
+def ml1m_rate(config: Path, overrides: list[str], optimizer: str, batch: int | None, steps: int, skip: int) -> dict:
+    """Steady-state examples/s of the compiled step fed by ExampleBatcher.dataset on the config's data."""
+    import recall
+    from recall.pipeline import build_model, make_optimizer, prepare_data
+    from recall.training.inputs import ExampleBatcher, epoch_order
+    from recall.training.samplers import make_sampler
+    from recall.training.step import make_loss_fn, make_train_step, trainable_variables
+
+    extra = [f"train.optimizer={optimizer}"] + ([f"train.batch_size={batch}"] if batch else [])
+    cfg = recall.load_config(Path(config), overrides + extra)
+    import tensorflow as tf
+
+    tf.random.set_seed(cfg.seed)
+    data = prepare_data(cfg)
+    tc, lc = cfg.train, cfg.loss
+    n_items = data.split.num_items
+    user, items = build_model(cfg, n_items, data.features.sizes)
+    sampler = make_sampler(lc.sampler, lc.num_sampled, n_items, lc.unique, data.split.item_counts, lc.distortion,
+                           lc.logq_correction and lc.kind != "neg", seed=cfg.seed, mixed_base=lc.mixed_base,
+                           streaming=lc.frequency == "streaming", batch_size=tc.batch_size,
+                           streaming_alpha=lc.streaming_alpha)
+    variables = trainable_variables(user, items)
+    opt = make_optimizer(tc.optimizer, tc.learning_rate)
+    opt.build(variables)
+    step = make_train_step(make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits), variables, opt)
+    batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
+    done, examples, t0, epoch, loss, times = 0, 0, None, 0, float("nan"), []
+    while done < skip + steps:
+        t = time.perf_counter()
+        for features, labels in batcher.dataset(epoch_order(len(data.examples), cfg.seed, epoch), tc.batch_size):
+            loss = float(step(features, labels))  # the loop reads the loss every step too
+            done += 1
+            now = time.perf_counter()
+            if done == skip:
+                t0 = now
+            elif done > skip:
+                examples += int(labels.shape[0])
+                times.append(now - t)  # this step, its input wait included
+            t = now
+            if done >= skip + steps:
+                break
+        epoch += 1
+    seconds = time.perf_counter() - t0
+    times.sort()
+    return {"optimizer": optimizer, "batch_size": tc.batch_size, "dim": cfg.model.dim, "hidden": cfg.model.hidden,
+            "num_sampled": lc.num_sampled, "items": n_items, "timed_steps": steps, "skipped_steps": skip,
+            "examples_per_sec": round(examples / seconds, 1), "ms_per_step": round(1000 * seconds / steps, 2),
+            "median_ms_per_step": round(1000 * times[len(times) // 2], 2), "final_loss": round(loss, 4),
+            "peak_rss": peak_rss_bytes()}
+
+
+# --- scaling: step time and memory vs catalogue size (worker) --------------------------------------
+
+def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int, dim: int, hidden: list[int],
+                   max_history: int, steps: int, warmup: int, seed: int = 0) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from recall.config import Config
+    from recall.pipeline import build_model, make_optimizer
+    from recall.training.samplers import make_sampler
+    from recall.training.step import make_loss_fn, make_train_step, trainable_variables
+
+    tf.random.set_seed(seed)
+    cfg = Config.model_validate({"model": {"dim": dim, "hidden": hidden, "max_history": max_history, "recent": 0},
+                                 "loss": {"kind": "sampled_softmax", "sampler": "log_uniform",
+                                          "num_sampled": num_sampled},
+                                 "train": {"optimizer": optimizer, "batch_size": batch}})
+    rss0 = current_rss_bytes()
+    t0 = time.perf_counter()
+    user, items = build_model(cfg, num_items, [])
+    sampler = make_sampler("log_uniform", num_sampled, num_items, True, seed=seed)
+    variables = trainable_variables(user, items)
+    opt = make_optimizer(optimizer, cfg.train.learning_rate)
+    opt.build(variables)
+    build_seconds = time.perf_counter() - t0
+    rss_model = current_rss_bytes()
+    step = make_train_step(make_loss_fn(user, items, "sampled_softmax", sampler, True), variables, opt)
+
+    # Log-uniform ids over the catalogue (Q(id) = log((id+2)/(id+1)) / log(N+1)), random history lengths.
+    rng = np.random.default_rng(seed)
+
+    def log_uniform(shape):
+        return np.minimum(np.floor(np.exp(rng.random(shape) * np.log(num_items + 1))) - 1, num_items - 1).astype(
+            np.int64)
+
+    batches = []
+    for _ in range(4):
+        hist = log_uniform((batch, max_history)).astype(np.int32)
+        length = rng.integers(1, max_history + 1, batch)
+        hist[np.arange(max_history)[None, :] < (max_history - length)[:, None]] = -1  # right-aligned
+        features = {"history": tf.constant(hist), "age": tf.constant(rng.random(batch).astype(np.float32)),
+                    "user_features": tf.zeros([batch, 0], tf.int32)}
+        batches.append((features, tf.constant(log_uniform(batch))))
+    times = []
+    for i in range(warmup + steps):
+        features, labels = batches[i % len(batches)]
+        t = time.perf_counter()
+        loss = float(step(features, labels))
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return {"items": num_items, "optimizer": optimizer, "batch_size": batch, "num_sampled": num_sampled, "dim": dim,
+            "steps": steps, "warmup": warmup, "ms_per_step": round(1000 * times[len(times) // 2], 2),
+            "ms_p10": round(1000 * times[len(times) // 10], 2), "ms_p90": round(1000 * times[(9 * len(times)) // 10], 2),
+            "build_seconds": round(build_seconds, 2), "rss_model": rss_model - rss0, "rss_baseline": rss0,
+            "peak_rss": peak_rss_bytes(), "final_loss": round(loss, 4)}
+
+
+# --- input: example generation + ExampleBatcher rate (worker) --------------------------------------
+
+def input_worker(interactions: int, batch: int, max_history: int, batches: int, seed: int = 0) -> dict:
+    import numpy as np
+
+    from recall.data.examples import make_examples
+    from recall.data.split import leave_last_out
+    from recall.data.synthetic import synthesize
+
+    per_user = 50.0
+    num_users = max(10, int(interactions / per_user))
+    num_items = max(100, interactions // 100)
+    t0 = time.perf_counter()
+    df = synthesize(num_users=num_users, num_items=num_items, interactions_per_user=per_user, seed=seed)
+    t1 = time.perf_counter()
+    split = leave_last_out(df)
+    t2 = time.perf_counter()
+    examples = make_examples(split, max_history)
+    t3 = time.perf_counter()
+    rows = len(df)
+    del df
+
+    import tensorflow as tf  # noqa: F401  (imported after generation: its time is not counted above)
+
+    from recall.training.inputs import ExampleBatcher, epoch_order
+
+    batcher = ExampleBatcher(split.train_items, examples, np.zeros((split.num_users, 0), np.int32), max_history)
+    warm = 5
+    ds = batcher.dataset(epoch_order(len(examples), seed, 0), batch).take(warm + batches)
+    n, ex, start = 0, 0, None
+    for _features, labels in ds:
+        n += 1
+        if n == warm:
+            start = time.perf_counter()
+        elif n > warm:
+            ex += int(labels.shape[0])
+    seconds = time.perf_counter() - start
+    timed = n - warm
+    return {"interactions": rows, "users": num_users, "items": num_items, "examples": len(examples),
+            "synthesize_seconds": round(t1 - t0, 2), "split_seconds": round(t2 - t1, 2),
+            "examples_seconds": round(t3 - t2, 2), "generation_seconds": round(t3 - t0, 2),
+            "batch_size": batch, "max_history": max_history, "timed_batches": timed,
+            "batches_per_sec": round(timed / seconds, 1), "examples_per_sec": round(ex / seconds, 1),
+            "peak_rss": peak_rss_bytes()}
+
+
+# --- eval: full ML-1M evaluation, ANN index quality/speed -------------------------------------------
+
+def eval_ml1m(config: Path, overrides: list[str], run_dir: str | None) -> dict:
+    from recall.evaluation.model_eval import evaluate_towers
+
+    if run_dir:
+        from recall.pipeline import load_run
+
+        t0 = time.perf_counter()
+        cfg, data, user, items = load_run(run_dir)
+        source = f"trained towers of {run_dir}"
+    else:
+        import recall
+        from recall.pipeline import build_model, prepare_data
+
+        t0 = time.perf_counter()
+        cfg = recall.load_config(config, overrides)
+        data = prepare_data(cfg)
+        user, items = build_model(cfg, data.split.num_items, data.features.sizes)
+        source = "untrained towers of configs/ml-1m.yaml (timing only)"
+    prep = time.perf_counter() - t0
+    times, result = [], None
+    for _ in range(2):  # the first call also traces the query function
+        t = time.perf_counter()
+        result = evaluate_towers(user, items, data.test, data.features.codes, cfg.eval.ks, "Flat", None, None,
+                                 cfg.eval.batch_size, cfg.eval.query_age, item_counts=data.split.item_counts)
+        times.append(time.perf_counter() - t)
+    return {"source": source, "queries": len(data.test.targets), "items": data.split.num_items, "ks": cfg.eval.ks,
+            "load_seconds": round(prep, 2), "first_seconds": round(times[0], 3), "seconds": round(times[1], 3),
+            "queries_per_sec": round(len(data.test.targets) / times[1], 1),
+            "filtered_hr@50": round(result["filtered"]["hr@50"], 4)}
+
+
+def ann_bench(num_items: int, num_queries: int, dim: int, k: int, factories: list[tuple[str, dict]],
+              exact_queries: int = 10_000, seed: int = 0) -> list[dict]:
+    """Exact (Flat) vs approximate indexes over clustered random vectors: recall@k against exact
+    search (on the first `exact_queries` queries), build time, queries/s and speed-up over Flat."""
+    import faiss
+    import numpy as np
+
+    from recall.evaluation.index_quality import overlap_at_k
+    from recall.index import build_index, search
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(16, num_items // 1000), dim)).astype(np.float32)
+
+    def mixture(n):
+        return (centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim))).astype(np.float32)
+
+    items, queries = mixture(num_items), mixture(num_queries)
+    # Exact search over every query would dominate the run (1M × 100k: ~10 min on 2 cores); the
+    # reference top-k and the exact rate come from the first `exact_queries` queries.
+    n_exact = min(exact_queries, num_queries)
+    t = time.perf_counter()
+    exact = build_index(items, "Flat")
+    exact_ids, _ = search(exact, queries[:n_exact], k)
+    exact_seconds = time.perf_counter() - t
+    exact_qps = n_exact / exact_seconds
+    rows = [{"factory": "Flat", "items": num_items, "queries": n_exact, "dim": dim, "k": k,
+             "build_seconds": 0.0, "search_seconds": round(exact_seconds, 2),
+             "queries_per_sec": round(exact_qps, 1), f"recall@{k}": 1.0, "speedup": 1.0,
+             "threads": faiss.omp_get_max_threads()}]
+    for factory, params in factories:
+        t = time.perf_counter()
+        index = build_index(items, factory, nprobe=params.get("nprobe"), ef_search=params.get("ef_search"))
+        built = time.perf_counter() - t
+        t = time.perf_counter()
+        ids, _ = search(index, queries, k)
+        seconds = time.perf_counter() - t
+        rows.append({"factory": factory, **params, "items": num_items, "queries": num_queries, "dim": dim, "k": k,
+                     "build_seconds": round(built, 2), "search_seconds": round(seconds, 2),
+                     "queries_per_sec": round(num_queries / seconds, 1),
+                     f"recall@{k}": round(overlap_at_k(ids[:n_exact], exact_ids, k), 4), "recall_queries": n_exact,
+                     "speedup": round(num_queries / seconds / exact_qps, 2), "threads": faiss.omp_get_max_threads()})
+        del index
+    return rows
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(section, case, result, memory) rows of everything measured so far."""
+    out = []
+    for r in results.get("ml1m", []):
+        if "error" in r:
+            out.append(("ml1m", r["name"], "failed: " + r["error"][:60], ""))
+            continue
+        out.append(("ml1m", f"{r['name']}, {r['optimizer']}, batch {r['batch_size']}",
+                    f"{r['examples_per_sec']:,.0f} ex/s ({r['ms_per_step']:.1f} ms/step mean, "
+                    f"{r['median_ms_per_step']:.1f} median)", f"peak {gib(r['peak_rss'])}"))
+    for r in results.get("scaling", []):
+        case = f"{size_label(r['items'])} items, {r['optimizer']}"
+        if "error" in r:
+            out.append(("scaling", case, "failed: " + r["error"][:60], ""))
+            continue
+        out.append(("scaling", case, f"{r['ms_per_step']:.1f} ms/step (p10 {r['ms_p10']:.1f}, p90 {r['ms_p90']:.1f})",
+                    f"peak {gib(r['peak_rss'])} (model+slots {gib(r['rss_model'])})"))
+    for opt, ratio in results.get("scaling_ratio", {}).items():
+        out.append(("scaling", f"{opt}: step time {ratio['largest']} / {ratio['smallest']}",
+                    f"{ratio['ratio']:.2f}×", ""))
+    r = results.get("input")
+    if r:
+        if "error" in r:
+            out.append(("input", "generation + ExampleBatcher", "failed: " + r["error"][:60], ""))
+        else:
+            out.append(("input", f"generate {r['interactions']:,} interactions → {r['examples']:,} examples",
+                        f"{r['generation_seconds']:.1f} s (synth {r['synthesize_seconds']:.1f}, split "
+                        f"{r['split_seconds']:.1f}, examples {r['examples_seconds']:.1f})", f"peak {gib(r['peak_rss'])}"))
+            out.append(("input", f"ExampleBatcher.dataset, batch {r['batch_size']}, history {r['max_history']}",
+                        f"{r['batches_per_sec']:,.1f} batches/s = {r['examples_per_sec']:,.0f} ex/s", ""))
+    r = results.get("eval")
+    if r:
+        if "error" in r:
+            out.append(("eval", "ML-1M", "failed: " + r["error"][:60], ""))
+        else:
+            out.append(("eval", f"ML-1M full filtered eval, {r['queries']:,} queries × {r['items']:,} items",
+                        f"{r['seconds']:.2f} s ({r['queries_per_sec']:,.0f} queries/s; first call "
+                        f"{r['first_seconds']:.2f} s)", ""))
+    for r in results.get("ann", []):
+        if "error" in r:
+            out.append(("eval", "ANN", "failed: " + r["error"][:60], ""))
+            continue
+        knobs = ", ".join(f"{k} {r[k]}" for k in ("nprobe", "ef_search") if k in r)
+        case = f"{r['factory']}{' (' + knobs + ')' if knobs else ''}, {size_label(r['items'])} × {size_label(r['queries'])} q"
+        k = r["k"]
+        out.append(("eval", case, f"recall@{k} {r[f'recall@{k}']:.3f}, {r['queries_per_sec']:,.0f} q/s, "
+                    f"×{r['speedup']:.1f} vs exact, build {r['build_seconds']:.1f} s", ""))
+    return out
+
+
+def print_table(results: dict) -> None:
+    rows = table_rows(results)
+    if not rows:
+        return
+    w = [max(len(r[i]) for r in rows + [("section", "case", "result", "memory")]) for i in range(4)]
+    print()
+    print(f"{'section':<{w[0]}}  {'case':<{w[1]}}  {'result':<{w[2]}}  memory")
+    for r in rows:
+        print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}".rstrip())
+
+
+def scaling_ratios(rows: list[dict]) -> dict:
+    """Per optimiser: step time at the largest measured size / at the smallest."""
+    out = {}
+    for opt in dict.fromkeys(r["optimizer"] for r in rows):
+        ok = sorted((r for r in rows if r["optimizer"] == opt and "error" not in r), key=lambda r: r["items"])
+        if len(ok) >= 2:
+            out[opt] = {"smallest": size_label(ok[0]["items"]), "largest": size_label(ok[-1]["items"]),
+                        "ratio": round(ok[-1]["ms_per_step"] / ok[0]["ms_per_step"], 3)}
+    return out
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+def parse_factories(text: str) -> list[tuple[str, dict]]:
+    """'IVF1024,Flat@nprobe=16;HNSW32@ef_search=128' → [(factory, {knob: value})]."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        factory, _, knobs = part.partition("@")
+        params = {}
+        for kv in filter(None, knobs.split("+")):
+            key, _, value = kv.partition("=")
+            params[key.strip()] = int(value)
+        out.append((factory.strip(), params))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)} (default: all)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and few steps (a smoke test of the script, not a measurement)")
+    ap.add_argument("--batch", type=int, default=1024, help="batch size of the DeepMatch shape (default 1024)")
+    ap.add_argument("--optimizers", default="adam,lazy_adam", help="train.optimizer values to compare")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "ml-1m.yaml"))
+    ap.add_argument("--data", default=str(ML1M / "ratings_pos4.parquet"), help="ML-1M positives (Parquet)")
+    ap.add_argument("--users", default=str(ML1M / "users.parquet"), help="ML-1M user table (shipped config)")
+    ap.add_argument("--steps", type=int, help="timed steps (ml1m default 300, scaling 50; --quick 30 / 10)")
+    ap.add_argument("--skip", type=int, default=20, help="ml1m: untimed first steps (default 20)")
+    ap.add_argument("--warmup", type=int, default=5, help="scaling: untimed steps after the first (default 5)")
+    ap.add_argument("--sizes", help="scaling: catalogue sizes (default 10000,100000,1000000; --quick 10000,100000)")
+    ap.add_argument("--big", action="store_true", help="scaling: add 10,000,000 items")
+    ap.add_argument("--interactions", type=int, help="input: synthetic interactions (default 10M; --quick 1M)")
+    ap.add_argument("--run-dir", help="eval: a trained run directory (default: untrained towers, timing only)")
+    ap.add_argument("--ann", action="store_true", help="eval: also IVF/HNSW over --ann-items × --ann-queries")
+    ap.add_argument("--ann-items", type=int, help="default 1,000,000 (--quick 100,000)")
+    ap.add_argument("--ann-queries", type=int, help="default 100,000 (--quick 10,000)")
+    ap.add_argument("--ann-exact-queries", type=int, default=10_000,
+                    help="queries searched exactly: the recall reference and the exact rate (default 10,000)")
+    ap.add_argument("--ann-factories",
+                    help="';'-separated factory[@knob=value+...] (default 'IVF4096,Flat@nprobe=32;"
+                         "HNSW32@ef_search=256'; --quick 'IVF256,Flat@nprobe=16;HNSW32@ef_search=128')")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker process (default 1800)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "throughput.json"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:  # a measurement in a fresh process: print its result as one JSON line
+        task = json.loads(args.worker)
+        kind = task.pop("kind")
+        result = {"scaling": scaling_worker, "input": input_worker, "ml1m": ml1m_rate}[kind](**task)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    only = [s.strip() for s in (args.only or ",".join(SECTIONS)).split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        ap.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    from recall.config import TrainConfig
+
+    allowed = TrainConfig.model_fields["optimizer"].annotation.__args__
+    bad = [o for o in optimizers if o not in allowed]
+    if bad:
+        ap.error(f"--optimizers: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+    q = args.quick
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
+        [10_000, 100_000] if q else [10_000, 100_000, 1_000_000])
+    if args.big and 10_000_000 not in sizes:
+        sizes.append(10_000_000)
+    settings = {
+        "quick": q, "batch": args.batch, "optimizers": optimizers, "deepmatch_overrides": DEEPMATCH,
+        "ml1m_steps": args.steps or (30 if q else 300), "ml1m_skip": args.skip,
+        "scaling_sizes": sizes, "scaling_steps": args.steps or (10 if q else 50), "scaling_warmup": args.warmup,
+        "interactions": args.interactions or (1_000_000 if q else 10_000_000),
+        "ann": args.ann, "ann_items": args.ann_items or (100_000 if q else 1_000_000),
+        "ann_queries": args.ann_queries or (10_000 if q else 100_000), "ann_exact_queries": args.ann_exact_queries,
+        "ann_factories": args.ann_factories or ("IVF256,Flat@nprobe=16;HNSW32@ef_search=128" if q
+                                                else "IVF4096,Flat@nprobe=32;HNSW32@ef_search=256"),
+        "run_dir": args.run_dir,
+    }
+    from recall.io import write_json
+
+    out = Path(args.out).resolve()
+    report = {"benchmark": "throughput", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "settings": settings, "results": {}}
+    results = report["results"]
+    data, users = Path(args.data).expanduser().resolve(), Path(args.users).expanduser().resolve()
+    have_ml1m = data.is_file()
+    common = [f"data.path={json.dumps(str(data))}"]
+    if users.is_file():
+        common.append(f"data.user_features.path={json.dumps(str(users))}")
+    else:
+        common.append("data.user_features=null")
+
+    def save():
+        write_json(out, report)
+
+    if "ml1m" in only:
+        if not have_ml1m:
+            print(f"ml1m skipped: {data} not found (pass --data)")
+        else:
+            results["ml1m"] = []
+            cases = [("DeepMatch shape", DEEPMATCH, args.batch), ("shipped ml-1m.yaml", [], None)]
+            for name, overrides, batch in cases:
+                for opt in optimizers:
+                    print(f"ml1m: {name}, {opt} ...", flush=True)
+                    row = run_worker({"kind": "ml1m", "config": args.config, "overrides": common + overrides,
+                                      "optimizer": opt, "batch": batch, "steps": settings["ml1m_steps"],
+                                      "skip": args.skip}, args.timeout)
+                    results["ml1m"].append({"name": name, "optimizer": opt, **row})
+                    save()
+
+    if "scaling" in only:
+        results["scaling"] = []
+        for n in sizes:
+            for opt in optimizers:
+                print(f"scaling: {size_label(n)} items, {opt} ...", flush=True)
+                row = run_worker({"kind": "scaling", "num_items": n, "optimizer": opt, "batch": args.batch,
+                                  "num_sampled": 255, "dim": 32, "hidden": [64], "max_history": 50,
+                                  "steps": settings["scaling_steps"], "warmup": args.warmup}, args.timeout)
+                results["scaling"].append({"items": n, "optimizer": opt, **row})
+                save()
+        results["scaling_ratio"] = scaling_ratios(results["scaling"])
+        save()
+
+    if "input" in only:
+        print(f"input: {settings['interactions']:,} interactions ...", flush=True)
+        results["input"] = run_worker({"kind": "input", "interactions": settings["interactions"],
+                                       "batch": args.batch, "max_history": 50, "batches": 40 if q else 300},
+                                      args.timeout)
+        save()
+
+    if "eval" in only:
+        if args.run_dir or have_ml1m:
+            print("eval: ML-1M ...", flush=True)
+            try:
+                results["eval"] = eval_ml1m(Path(args.config), common, args.run_dir)
+            except Exception as e:  # noqa: BLE001
+                results["eval"] = {"error": f"{type(e).__name__}: {e}"}
+            save()
+        else:
+            print(f"eval (ML-1M) skipped: {data} not found and no --run-dir")
+        if args.ann:
+            print(f"eval: ANN over {settings['ann_items']:,} items × {settings['ann_queries']:,} queries ...",
+                  flush=True)
+            try:
+                results["ann"] = ann_bench(settings["ann_items"], settings["ann_queries"], 32, 100,
+                                           parse_factories(settings["ann_factories"]), args.ann_exact_queries)
+            except Exception as e:  # noqa: BLE001
+                results["ann"] = [{"error": f"{type(e).__name__}: {e}"}]
+            save()
+
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    save()
+    print_table(results)
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
