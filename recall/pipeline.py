@@ -174,24 +174,27 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
 
 
 def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
-    from recall.evaluation.model_eval import evaluate_index, evaluate_towers
-    from recall.evaluation.protocol import evaluate_popularity
+    from recall.evaluation.model_eval import build_item_index, evaluate_index, queries_for
+    from recall.evaluation.protocol import evaluate_popularity, evaluate_queries
 
-    ks, ix, counts = cfg.eval.ks, cfg.index, data.split.item_counts
-    out = {}
+    ks, ix, counts, bs = cfg.eval.ks, cfg.index, data.split.item_counts, cfg.eval.batch_size
+    # One index serves both splits and the index-quality measurement, so HR@K and index recall
+    # describe the same index (HNSW builds are not reproducible across threads).
+    index, vectors, with_bias = build_item_index(items, ix.factory, ix.nprobe, ix.ef_search)
+    out, vectors_of = {}, {}
     for name, queries in (("valid", data.valid), ("test", data.test)):
         t0 = time.perf_counter()
-        out[name] = evaluate_towers(user, items, queries, data.features.codes, ks, ix.factory, ix.nprobe,
-                                    ix.ef_search, cfg.eval.batch_size, cfg.eval.query_age, item_counts=counts)
+        q = queries_for(user, queries, data.features.codes, with_bias, bs, cfg.eval.query_age)
+        out[name] = evaluate_queries(index, q, queries.targets, queries.seen, ks, batch_size=bs, item_counts=counts)
         out[name]["seconds"] = round(time.perf_counter() - t0, 3)
+        vectors_of[name] = q
     out["most_popular"] = {"test": evaluate_popularity(data.test.targets, data.test.seen, ks, item_counts=counts)}
     out["train"] = summary
     out["data"] = {"users": data.split.num_users, "items": data.split.num_items,
                    "train_interactions": int(data.split.train_indptr[-1]), "examples": len(data.examples)}
     # Index recall against exact search (approximate factories) and queries/s, on the test queries.
     out["index"] = {"factory": ix.factory,
-                    **evaluate_index(user, items, data.test, data.features.codes, ks, ix.factory, ix.nprobe,
-                                     ix.ef_search, cfg.eval.batch_size, cfg.eval.query_age)}
+                    **evaluate_index(index, vectors, vectors_of["test"], data.test.seen, ks, batch_size=bs)}
     return out
 
 

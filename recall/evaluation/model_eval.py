@@ -52,43 +52,44 @@ def _predictor(user_tower):
     return _PREDICTORS[user_tower]
 
 
+def build_item_index(item_tower, factory: str = "Flat", nprobe: int | None = None,
+                     ef_search: int | None = None):
+    """(faiss index over the item vectors, the vectors [N, d], whether the bias is folded in)."""
+    items, with_bias = item_vectors(item_tower)
+    return build_index(items, factory, nprobe=nprobe, ef_search=ef_search), items, with_bias
+
+
+def queries_for(user_tower, queries: Queries, user_codes: np.ndarray, with_bias: bool, batch_size: int = 4096,
+                query_age: str = "zero") -> np.ndarray:
+    """Query vectors [Q, d] for `queries`; query_age "zero" feeds example age 0 as live serving does,
+    "last_event" replays each query at the time of its last history event (known at query time)."""
+    age = queries.age if query_age == "last_event" else None
+    return query_vectors(user_tower, queries.history, user_codes, with_bias, batch_size, age)
+
+
 def evaluate_towers(user_tower, item_tower, queries: Queries, user_codes: np.ndarray, ks: list[int],
                     factory: str = "Flat", nprobe: int | None = None, ef_search: int | None = None,
                     batch_size: int = 4096, query_age: str = "zero", item_counts: np.ndarray | None = None) -> dict:
     """{"filtered": {...}, "unfiltered": {...}} for the given queries under the DESIGN.md protocol.
 
-    query_age: "zero" feeds example age 0 as live serving does; "last_event" replays each query at
-    the time of its last history event (known at query time) — the offline analogue of "now".
     item_counts: training frequency per item [N]; adds "by_popularity" (see evaluate_queries).
     """
-    index, q, _ = _index_and_queries(user_tower, item_tower, queries, user_codes, factory, nprobe, ef_search,
-                                     batch_size, query_age)
+    index, _, with_bias = build_item_index(item_tower, factory, nprobe, ef_search)
+    q = queries_for(user_tower, queries, user_codes, with_bias, batch_size, query_age)
     return evaluate_queries(index, q, queries.targets, queries.seen, ks, batch_size=batch_size,
                             item_counts=item_counts)
 
 
-def evaluate_index(user_tower, item_tower, queries: Queries, user_codes: np.ndarray, ks: list[int],
-                   factory: str = "Flat", nprobe: int | None = None, ef_search: int | None = None,
-                   batch_size: int = 4096, query_age: str = "zero") -> dict:
+def evaluate_index(index, items: np.ndarray, q: np.ndarray, seen, ks: list[int], batch_size: int = 4096) -> dict:
     """The index's search parameters, queries/s and — unless it is exact — its recall@K against Flat.
 
-    Returns {"exact": bool, "nprobe"/"nlist"/"ef_search" when they apply, "qps", "queries", and for
-    an approximate index "recall@K" for every K and "exact_qps"} (see index_quality).
+    index over `items` [N, d]; q [Q, d] query vectors; seen the queries' history CSR. Returns
+    {"exact": bool, "nprobe"/"nlist"/"ef_search" when they apply, "qps", "queries", and for an
+    approximate index "recall@K" for every K and "exact_qps"} (see index_quality).
     """
-    index, q, items = _index_and_queries(user_tower, item_tower, queries, user_codes, factory, nprobe,
-                                         ef_search, batch_size, query_age)
     exact = is_exact(index)
     reference = index if exact else build_index(items, "Flat")
-    quality = index_quality(index, reference, q, queries.seen, ks, batch_size=batch_size)
+    quality = index_quality(index, reference, q, seen, ks, batch_size=batch_size)
     if exact:  # recall against itself is 1.0 by construction: keep only the speed
         quality = {"qps": quality["qps"], "queries": quality["queries"]}
     return {"exact": exact, **search_params(index), **quality}
-
-
-def _index_and_queries(user_tower, item_tower, queries: Queries, user_codes, factory, nprobe, ef_search,
-                       batch_size, query_age):
-    """(index over the item vectors, query vectors [Q, d], the item vectors [N, d])."""
-    items, with_bias = item_vectors(item_tower)
-    index = build_index(items, factory, nprobe=nprobe, ef_search=ef_search)
-    age = queries.age if query_age == "last_event" else None
-    return index, query_vectors(user_tower, queries.history, user_codes, with_bias, batch_size, age), items

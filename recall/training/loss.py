@@ -24,6 +24,16 @@ import tensorflow as tf
 from recall.training.samplers import Sampler
 
 
+def _mean_sampled_loss(op, weights, biases, labels, queries, sampler, remove_accidental_hits):
+    """Mean over the batch of a TF sampled loss `op`, one candidate set from `sampler` for all rows."""
+    labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
+    sampled_values = sampler(labels)
+    return tf.reduce_mean(op(
+        weights=weights, biases=biases, labels=labels, inputs=queries,
+        num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
+        sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits))
+
+
 def sampled_softmax(
     weights: tf.Tensor,
     biases: tf.Tensor,
@@ -40,12 +50,7 @@ def sampled_softmax(
     `remove_accidental_hits` one column per id equal to y_r is masked — for in-batch negatives,
     exactly Yi et al.'s form (see the module docstring for why one copy, not all).
     """
-    labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
-    sampled_values = sampler(labels)
-    return tf.reduce_mean(tf.nn.sampled_softmax_loss(
-        weights=weights, biases=biases, labels=labels, inputs=queries,
-        num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
-        sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits))
+    return _mean_sampled_loss(tf.nn.sampled_softmax_loss, weights, biases, labels, queries, sampler, remove_accidental_hits)
 
 
 def nce(
@@ -64,12 +69,7 @@ def nce(
     `sampled_softmax`. `remove_accidental_hits` defaults to False, as in TF (textbook NCE); when on,
     TF masks one candidate column per id equal to the label (a masked column contributes nothing).
     """
-    labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
-    sampled_values = sampler(labels)
-    return tf.reduce_mean(tf.nn.nce_loss(
-        weights=weights, biases=biases, labels=labels, inputs=queries,
-        num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
-        sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits))
+    return _mean_sampled_loss(tf.nn.nce_loss, weights, biases, labels, queries, sampler, remove_accidental_hits)
 
 
 def full_softmax(weights: tf.Tensor, biases: tf.Tensor, labels: tf.Tensor, queries: tf.Tensor) -> tf.Tensor:
