@@ -165,6 +165,14 @@ class TrainConfig(_Section):
     shuffle: bool = True
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = per epoch only)")
+    steps_per_execution: int = Field(
+        16, ge=1, le=100000, description="training steps run inside one compiled call (fewer Python round trips; "
+        "same updates, same order)"
+    )
+    deterministic: bool = Field(
+        False, description="op determinism + negatives drawn from (seed, step): a killed and resumed run ends "
+        "with exactly the weights of an uninterrupted one (no learned_unigram)"
+    )
 
 
 class EvalConfig(_Section):
@@ -210,6 +218,18 @@ class Config(_Section):
                     f"train.early_stopping.metric {es.metric!r} is not computed: add {k} to eval.ks "
                     f"({self.eval.ks}) or pick one of {', '.join(f'hr@{x}' for x in self.eval.ks)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _deterministic_sampler(self) -> Config:
+        lc = self.loss
+        uses_learned = lc.kind != "full_softmax" and (
+            lc.sampler == "learned_unigram" or (lc.sampler == "mixed" and lc.mixed_base == "learned_unigram"))
+        if self.train.deterministic and uses_learned:
+            raise ValueError(
+                "train.deterministic: learned_unigram keeps its counts inside TensorFlow's op, so a resumed run "
+                "cannot replay it; use loss.sampler (or loss.mixed_base) unigram, or train.deterministic=false"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -73,10 +73,12 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
     """(user_tower, item_tower), built (weights created) so checkpoints can restore into them."""
     import math
 
+    import keras
     import tensorflow as tf
 
     from recall.model import ItemTower, UserTower
 
+    keras.utils.set_random_seed(cfg.seed)  # initial weights (and dropout streams) follow the config's seed
     mc = cfg.model
     # NCE/NEG fit a self-normalised model: start every bias at −log N (Z ≈ 1). At 0, a rare item seldom
     # drawn as a negative keeps its bias and outranks everything (quickstart, 1 epoch, dim 16: nce test

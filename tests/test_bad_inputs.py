@@ -248,6 +248,17 @@ def _(e: Env) -> Spec:
     return argv, ("loss.remove_accidental_hits",)
 
 
+@case("cross-field: deterministic run with the learned_unigram sampler")
+def _(e: Env) -> Spec:
+    argv = e.train(e.file_config("ratings.csv"), "train.deterministic=true", "loss.sampler=learned_unigram")
+    return argv, ("train.deterministic", "learned_unigram")
+
+
+@case("steps_per_execution 0")
+def _(e: Env) -> Spec:
+    return e.train(e.file_config("ratings.csv"), "train.steps_per_execution=0"), ("train.steps_per_execution",)
+
+
 @case("early-stopping metric not in eval.ks")
 def _(e: Env) -> Spec:
     return e.train(e.file_config("ratings.csv"), "eval.ks=[5]"), ("train.early_stopping.metric", "eval.ks")

@@ -396,37 +396,39 @@ def test_resume_from_a_mid_epoch_checkpoint(small_log, tmp_path, monkeypatch):
     import recall.training.loop as loop
 
     run_dir = tmp_path / "run"
-    cfg = _config(small_log, "train.epochs=1", "train.checkpoint_every_steps=3", "train.early_stopping=null")
-    real = loop.make_train_step
+    cfg = _config(small_log, "train.epochs=1", "train.checkpoint_every_steps=3", "train.early_stopping=null",
+                  "train.steps_per_execution=1")
+    real = loop.make_train_block
     calls = []
 
     def interrupted_after(n):
         def make(*args, **kwargs):
-            step = real(*args, **kwargs)
+            block = real(*args, **kwargs)
 
-            def wrapped(features, labels):
+            def wrapped(idx, first_step):
                 if n is not None and len(calls) == n:
                     raise KeyboardInterrupt  # as if the user pressed Ctrl-C before step n + 1
-                calls.append(1)
-                return step(features, labels)
+                calls.extend([int(first_step)] * int(idx.shape[0]))
+                return block(idx, first_step)
 
             return wrapped
 
         return make
 
-    monkeypatch.setattr(loop, "make_train_step", interrupted_after(5))
+    monkeypatch.setattr(loop, "make_train_block", interrupted_after(5))
     with pytest.raises(KeyboardInterrupt):
         recall.train(cfg, run_dir)
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-3")
     assert not (run_dir / "metrics.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(loop, "make_train_step", interrupted_after(None))
+    monkeypatch.setattr(loop, "make_train_block", interrupted_after(None))
     metrics = recall.train(cfg, run_dir)
     per_epoch = _steps_per_epoch(run_dir)
     assert per_epoch > 5
     assert metrics["train"]["steps"] == per_epoch  # the same total as an uninterrupted epoch
     assert len(calls) == per_epoch - 3  # the 3 checkpointed batches are skipped, not replayed
+    assert calls[0] == 3  # and the first step run is global step 3 (0-based), after the checkpoint
     history = json.loads((run_dir / "history.json").read_text())
     assert [(e["epoch"], e["step"]) for e in history["epochs"]] == [(1, per_epoch)]
 

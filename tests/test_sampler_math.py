@@ -73,9 +73,10 @@ def _infer_num_tries(expected, q, num_sampled: int) -> np.ndarray:
     return np.where(no_rejection, num_sampled, n)
 
 
-def _run_batches(sampler, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run_batches(sampler, labels, stateless: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Call `sampler` on each of labels [T, B] inside one tf.function (TF's samplers keep drawing
-    from one kernel) → candidates [T, C], true counts [T, B], candidate counts [T, C]."""
+    from one kernel; a stateless one gets seed [77, t] in batch t, as the training loop passes
+    [seed, step]) → candidates [T, C], true counts [T, B], candidate counts [T, C]."""
 
     @tf.function
     def run(labels):
@@ -84,7 +85,8 @@ def _run_batches(sampler, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         true_ec = tf.TensorArray(tf.float32, size=steps)
         sampled_ec = tf.TensorArray(tf.float32, size=steps)
         for i in tf.range(steps):
-            c, te, se = sampler(labels[i][:, None])
+            seed = tf.stack([tf.constant(77, tf.int64), tf.cast(i, tf.int64)]) if stateless else None
+            c, te, se = sampler(labels[i][:, None], seed)
             cands = cands.write(i, tf.cast(c, tf.int64))
             true_ec = true_ec.write(i, te[:, 0])
             sampled_ec = sampled_ec.write(i, se)
@@ -115,9 +117,11 @@ def _np(values):
 # --- 1. unique=True expected counts (uniform, log_uniform, unigram) -----------------------------
 
 
+@pytest.mark.parametrize("stateless", [False, True], ids=["tf", "stateless"])
 @pytest.mark.parametrize("kind", ["uniform", "log_uniform", "unigram"])
-def test_unique_expected_count_formula_and_inclusion_frequency(kind):
+def test_unique_expected_count_formula_and_inclusion_frequency(kind, stateless):
     """S=8 unique ids of N=20 per batch, 4,000 batches, every id's count reported each batch.
+    Run on TF's ops and on their stateless twins (train.deterministic), which must obey the same law.
 
     - Each batch's counts are exactly TF's formula for one integer num_tries ≥ S (rtol 1e-4).
     - TF's draws follow the rejection law: its inclusion frequency, mean num_tries and mean reported
@@ -132,8 +136,9 @@ def test_unique_expected_count_formula_and_inclusion_frequency(kind):
     S, T = 8, 4000
     q = _q(kind)
     np.testing.assert_allclose(proposal(kind, COUNTS, DISTORTION), q, rtol=1e-12)  # the report's Q
-    sampler = make_sampler(kind, S, N, unique=True, item_counts=COUNTS, distortion=DISTORTION, seed=21)
-    sampled, reported, sampled_ec = _run_batches(sampler, np.tile(np.arange(N), (T, 1)))
+    sampler = make_sampler(kind, S, N, unique=True, item_counts=COUNTS, distortion=DISTORTION, seed=21,
+                           stateless=stateless)
+    sampled, reported, sampled_ec = _run_batches(sampler, np.tile(np.arange(N), (T, 1)), stateless)
     included = np.zeros((T, N))
     np.put_along_axis(included, sampled, 1.0, axis=1)
     assert (included.sum(1) == S).all()  # S distinct ids in every batch
@@ -302,8 +307,9 @@ def test_in_batch_empirical_count_is_b_p():
     assert z.max() < 4.5
 
 
+@pytest.mark.parametrize("stateless", [False, True], ids=["tf", "stateless"])
 @pytest.mark.parametrize("base,unique", [("unigram", False), ("log_uniform", False), ("log_uniform", True)])
-def test_mixed_empirical_count_matches_reported(base, unique):
+def test_mixed_empirical_count_matches_reported(base, unique, stateless):
     """2,000 batches of B=8 labels from p plus S=8 base draws. Each batch's counts are B·p_j plus TF's
     formula for the base (num_tries read off the labels' counts), for every column (rtol 1e-4); item
     j's mean count per batch is within 4.5 standard errors of its mean reported count, plus 0.1 with
@@ -311,10 +317,10 @@ def test_mixed_empirical_count_matches_reported(base, unique):
     B, S, T = 8, 8, 2000
     rng = np.random.default_rng(11)
     sampler = make_sampler("mixed", S, N, unique=unique, item_counts=COUNTS, distortion=DISTORTION, seed=50,
-                           mixed_base=base)
+                           mixed_base=base, stateless=stateless)
     qb = _q(base)
     labels = rng.choice(N, size=(T, B), p=P)
-    cands, true_ec, sampled_ec = _run_batches(sampler, labels)
+    cands, true_ec, sampled_ec = _run_batches(sampler, labels, stateless)
     np.testing.assert_array_equal(cands[:, :B], labels)
     tries = _infer_num_tries(true_ec - B * P[labels], qb[labels], S)
     expected = B * P + _tf_expected_count(qb, S, tries)  # [T, N]

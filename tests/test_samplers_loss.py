@@ -31,9 +31,17 @@ def _q_reference(kind: str) -> np.ndarray:
     raise ValueError(kind)
 
 
-def _sampler(kind, unique=False, logq_correction=True, num_sampled=S):
+def _sampler(kind, unique=False, logq_correction=True, num_sampled=S, stateless=False):
     return make_sampler(kind, num_sampled, N, unique=unique, item_counts=COUNTS, distortion=0.75,
-                        logq_correction=logq_correction, seed=7)
+                        logq_correction=logq_correction, seed=7, stateless=stateless)
+
+
+def _seed(step: int) -> tf.Tensor:
+    """The loop's per-step seed [config seed, global step] (TF's stateful samplers ignore it)."""
+    return tf.constant([7, step], tf.int64)
+
+
+STATELESS = pytest.mark.parametrize("stateless", [False, True], ids=["tf", "stateless"])
 
 
 LABELS = tf.constant([[0], [3], [19]], tf.int64)  # [B=3, 1]
@@ -56,26 +64,28 @@ def test_sampler_shapes_and_dtypes(kind, unique):
     assert (true_expected.numpy() > 0).all() and (sampled_expected.numpy() > 0).all()
 
 
+@STATELESS
 @pytest.mark.parametrize("kind", ["log_uniform", "uniform", "unigram"])
-def test_expected_counts_are_num_sampled_times_q(kind):
+def test_expected_counts_are_num_sampled_times_q(kind, stateless):
     """With unique=False every draw is independent: expected count = S · Q(id), exactly."""
     q = _q_reference(kind)
-    sampled, true_expected, sampled_expected = _sampler(kind)(LABELS)
+    sampled, true_expected, sampled_expected = _sampler(kind, stateless=stateless)(LABELS, _seed(0))
     np.testing.assert_allclose(sampled_expected.numpy(), S * q[sampled.numpy()], rtol=1e-5)
     np.testing.assert_allclose(true_expected.numpy()[:, 0], S * q[LABELS.numpy()[:, 0]], rtol=1e-5)
 
 
+@STATELESS
 @pytest.mark.parametrize("kind", ["log_uniform", "uniform", "unigram"])
-def test_empirical_frequency_matches_expected_count(kind):
+def test_empirical_frequency_matches_expected_count(kind, stateless):
     """Over 2,000 batches × 50 draws (100,000 draws) each id's frequency is within 0.006 of
     expected_count / S. The largest Q here is 0.23, whose binomial std is sqrt(.23·.77/1e5) ≈ 0.0013,
     so the tolerance is > 4.5σ for every id."""
-    sampler = _sampler(kind)
+    sampler = _sampler(kind, stateless=stateless)
     batches = 2000
     counts = np.zeros(N)
     expected = np.zeros(N)
-    for _ in range(batches):
-        sampled, _, sampled_expected = sampler(LABELS)
+    for step in range(batches):
+        sampled, _, sampled_expected = sampler(LABELS, _seed(step))
         s = sampled.numpy()
         np.add.at(counts, s, 1)
         expected[s] = sampled_expected.numpy()  # the same value every time id s is drawn
@@ -83,6 +93,31 @@ def test_empirical_frequency_matches_expected_count(kind):
     assert (counts > 0).all(), "every id should be drawn at least once in 100,000 draws"
     np.testing.assert_allclose(freq, expected / S, atol=0.006)
     np.testing.assert_allclose(freq, _q_reference(kind), atol=0.006)
+
+
+@pytest.mark.parametrize("kind", ["log_uniform", "uniform", "unigram"])
+@pytest.mark.parametrize("unique", [False, True])
+def test_stateless_draws_are_a_function_of_the_seed(kind, unique):
+    """train.deterministic: the same (seed, step) gives the same triple — in a fresh sampler too, as
+    after a restart — and other steps give other candidates."""
+    first = [t.numpy() for t in _sampler(kind, unique, num_sampled=8, stateless=True)(LABELS, _seed(5))]
+    again = [t.numpy() for t in _sampler(kind, unique, num_sampled=8, stateless=True)(LABELS, _seed(5))]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    sampler = _sampler(kind, unique, num_sampled=8, stateless=True)
+    others = {tuple(sampler(LABELS, _seed(step))[0].numpy().tolist()) for step in range(6, 16)}
+    assert len(others) > 1  # ten steps, not one candidate set repeated
+    if unique:
+        assert len(set(first[0].tolist())) == 8
+
+
+def test_stateless_refusals():
+    with pytest.raises(ValueError, match="learned_unigram"):
+        _sampler("learned_unigram", stateless=True)
+    with pytest.raises(ValueError, match="seed"):
+        _sampler("uniform", stateless=True)(LABELS)
+    with pytest.raises(ValueError, match="impossible"):
+        _sampler("uniform", unique=True, num_sampled=N + 1, stateless=True)
 
 
 @pytest.mark.parametrize("kind", TF_SAMPLERS)

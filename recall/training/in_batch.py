@@ -70,7 +70,7 @@ class FrequencyEstimator(tf.Module):
 class InBatchSampler(tf.Module):
     """Sampler whose candidates are the batch labels (optionally plus a base sampler's candidates).
 
-    __call__(labels int64 [B, 1]) → (candidates [B (+S)], true_expected_count [B, 1],
+    __call__(labels int64 [B, 1], seed=None) → (candidates [B (+S)], true_expected_count [B, 1],
     sampled_expected_count [B (+S)]). `variables` (the streaming estimator's state) are checkpointed.
     """
 
@@ -89,7 +89,7 @@ class InBatchSampler(tf.Module):
             return self.estimator.expected_count(ids)
         return batch * tf.gather(self.probs, ids)
 
-    def __call__(self, labels: tf.Tensor):
+    def __call__(self, labels: tf.Tensor, seed: tf.Tensor | None = None):
         labels = tf.cast(labels, tf.int64)
         flat = tf.reshape(labels, [-1])  # [B]
         if self.estimator is not None:
@@ -101,7 +101,7 @@ class InBatchSampler(tf.Module):
         else:
             # The base sampler reports its expected count for the labels too: exactly E_base for the
             # in-batch columns, since those columns *are* the labels.
-            extra, base_true, base_sampled = self.base(labels)
+            extra, base_true, base_sampled = self.base(labels) if seed is None else self.base(labels, seed)
             extra = tf.cast(extra, tf.int64)
             in_batch_total = in_batch + tf.reshape(base_true, [-1])
             candidates = tf.concat([flat, extra], axis=0)

@@ -2,8 +2,12 @@
 
 Part of the training entry point (it reads the Config). State that a resumed run needs — model,
 optimizer slots, global step, epoch, batches done in the epoch, best validation metric, epochs
-without improvement — lives in one `tf.train.Checkpoint`; the epoch's example order is a pure
-function of (seed, epoch), so resuming mid-epoch replays the same order and skips what was done.
+without improvement, the streaming sampler's estimate, dropout seed states — lives in one
+`tf.train.Checkpoint`; the epoch's example order is a pure function of (seed, epoch), so resuming
+mid-epoch replays the same order and skips what was done. Steps run `train.steps_per_execution` at
+a time inside one compiled call (training/step.py); a step's negatives are keyed on its global step
+when `train.deterministic` is on, which with op determinism makes a resumed run bit-identical to an
+uninterrupted one (tests/test_resume.py kills a run with SIGKILL to check it).
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ from recall.io import write_json
 from recall.training.inputs import ExampleBatcher, epoch_order
 from recall.training.sampler_stats import sampler_report
 from recall.training.samplers import make_sampler
-from recall.training.step import make_loss_fn, make_train_step, trainable_variables
+from recall.training.step import make_loss_fn, make_train_block, trainable_variables
 
 log = logging.getLogger(__name__)
 
 
 def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     """Train `user`/`items` in place; leaves the best-validation weights in them. Returns a summary."""
+    from recall.model.towers import _backing
     from recall.pipeline import make_optimizer
 
     tc, lc = cfg.train, cfg.loss
+    if tc.deterministic:
+        # Bitwise-reproducible kernels; every random draw below is keyed on (seed, step) or checkpointed.
+        tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(cfg.seed)
     num_items = data.split.num_items
     sampler = None
@@ -41,12 +49,14 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         sampler = make_sampler(lc.sampler, lc.num_sampled, num_items, lc.unique, data.split.item_counts,
                                lc.distortion, lc.logq_correction and lc.kind != "neg", seed=cfg.seed,
                                mixed_base=lc.mixed_base, streaming=lc.frequency == "streaming",
-                               batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha)
+                               batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha,
+                               stateless=tc.deterministic)
     variables = trainable_variables(user, items)
     optimizer = make_optimizer(tc.optimizer, tc.learning_rate)
     optimizer.build(variables)
     loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits)
-    train_step = make_train_step(loss_fn, variables, optimizer)
+    batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
+    train_block = make_train_block(batcher, loss_fn, variables, optimizer, cfg.seed)
 
     # --- state and checkpoints ---------------------------------------------------------------
     state = {
@@ -57,58 +67,76 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         "bad_epochs": tf.Variable(0, dtype=tf.int64, name="bad_epochs"),
         "train_seconds": tf.Variable(0.0, dtype=tf.float64, name="train_seconds"),
         "examples_seen": tf.Variable(0, dtype=tf.int64, name="examples_seen"),
+        # The epoch's running (exponentially averaged) loss, NaN before its first step.
+        "running_loss": tf.Variable(math.nan, dtype=tf.float64, name="running_loss"),
     }
-    # A stateful sampler (streaming frequency estimate) is part of the state too.
+    # A stateful sampler (streaming frequency estimate) is part of the state too, and so are the
+    # dropout layers' seed-generator states, which tf.train.Checkpoint does not reach through Keras 3.
     extra = {"sampler": sampler} if isinstance(sampler, tf.Module) else {}
+    seed_states = [_backing(v) for v in user.variables if "seed_generator" in v.path]
+    if seed_states:
+        extra["seed_states"] = seed_states
     ckpt = tf.train.Checkpoint(user=user, items=items, optimizer=optimizer, **extra, **state)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"), max_to_keep=2)
     best_ckpt = tf.train.Checkpoint(user=user, items=items)
     best_manager = tf.train.CheckpointManager(best_ckpt, str(run_dir / "checkpoints" / "best"), max_to_keep=1)
+    history_path = run_dir / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else {"epochs": [], "loss": []}
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.info("resumed from %s (step %d, epoch %d)", manager.latest_checkpoint,
                  int(state["step"]), int(state["epoch"]))
-    history_path = run_dir / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else {"epochs": [], "loss": []}
+    # history.json is written just before each checkpoint: drop what a kill left past the checkpoint.
+    history["loss"] = [e for e in history["loss"] if e[0] <= int(state["step"])]
+    history["epochs"] = [e for e in history["epochs"] if e["epoch"] <= int(state["epoch"])]
 
-    batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
     n = len(data.examples)
-    batches_per_epoch = math.ceil(n / tc.batch_size)
+    full_batches, partial = divmod(n, tc.batch_size)
+    batches_per_epoch = full_batches + (partial > 0)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     es = tc.early_stopping
     # Without early stopping, "best" still needs a metric that is computed: HR at the largest K ≤ 50.
     metric = es.metric if es else f"hr@{max([k for k in cfg.eval.ks if k <= 50] or [min(cfg.eval.ks)])}"
     # A run that already stopped early stays stopped when `recall train` is called on it again.
     stopped_early = bool(es) and int(state["bad_epochs"]) >= es.patience
+    every = tc.checkpoint_every_steps
 
     while int(state["epoch"]) < tc.epochs and not stopped_early:
         epoch = int(state["epoch"])
         done = int(state["epoch_batches"])
         order = epoch_order(n, cfg.seed, epoch, tc.shuffle)
-        dataset = batcher.dataset(order, tc.batch_size, skip_batches=done)
         bar = tqdm(total=batches_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    unit="batch", dynamic_ncols=True, mininterval=0.5)
-        t0, ex0, running = time.perf_counter(), 0, None
-        for features, labels in dataset:
-            loss = float(train_step(features, labels))
-            state["step"].assign_add(1)
-            state["epoch_batches"].assign_add(1)
-            ex0 += int(labels.shape[0])
-            running = loss if running is None else 0.98 * running + 0.02 * loss
-            step = int(state["step"])
-            if step % 50 == 0:
-                with writer.as_default(step=step):
-                    tf.summary.scalar("train/loss", loss)
-                history["loss"].append([step, running])
-            bar.update(1)
-            if bar.n % 20 == 0:
-                bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{ex0 / (time.perf_counter() - t0):,.0f}")
-            if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0:
+        t0, ex0 = time.perf_counter(), 0
+        running = float(state["running_loss"]) if done else math.nan
+        step = int(state["step"])
+        while done < batches_per_epoch:
+            # A block of K full batches (never across a checkpoint), or the epoch's last, partial batch.
+            if done < full_batches:
+                k = min(tc.steps_per_execution, full_batches - done, every - step % every if every else n)
+                idx = order[done * tc.batch_size:(done + k) * tc.batch_size].reshape(k, tc.batch_size)
+            else:
+                k, idx = 1, order[done * tc.batch_size:][None, :]
+            losses = train_block(tf.constant(idx), tf.constant(step, tf.int64)).numpy()
+            for loss in losses.tolist():
+                step += 1
+                running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
+                if step % 50 == 0:
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("train/loss", loss)
+                    history["loss"].append([step, running])
+            done += k
+            ex0 += idx.size
+            state["step"].assign(step)
+            state["epoch_batches"].assign(done)
+            state["running_loss"].assign(running)
+            bar.update(k)
+            bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{ex0 / (time.perf_counter() - t0):,.0f}", refresh=False)
+            if every and step % every == 0:
                 _save(manager, state, t0, ex0, history, history_path)
                 t0, ex0 = time.perf_counter(), 0
         bar.close()
         _account(state, t0, ex0)
-
         # --- validate, keep the best, maybe stop ----------------------------------------------
         valid = evaluate_towers(user, items, data.valid, data.features.codes, cfg.eval.ks, cfg.index.factory,
                                 cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size,
@@ -164,5 +192,7 @@ def _account(state: dict, t0: float | None, examples: int) -> None:
 
 def _save(manager, state, t0, examples, history, history_path) -> None:
     _account(state, t0, examples)
-    manager.save(checkpoint_number=int(state["step"]))
+    # History first: a kill between the two leaves it ahead of the checkpoint, and a resumed run
+    # trims it back (the other order would lose the entries since the previous checkpoint).
     write_json(history_path, history)
+    manager.save(checkpoint_number=int(state["step"]))

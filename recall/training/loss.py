@@ -24,10 +24,11 @@ import tensorflow as tf
 from recall.training.samplers import Sampler
 
 
-def _mean_sampled_loss(op, weights, biases, labels, queries, sampler, remove_accidental_hits):
-    """Mean over the batch of a TF sampled loss `op`, one candidate set from `sampler` for all rows."""
+def _mean_sampled_loss(op, weights, biases, labels, queries, sampler, remove_accidental_hits, seed=None):
+    """Mean over the batch of a TF sampled loss `op`, one candidate set from `sampler` for all rows
+    (drawn with `seed` [2] when given: the stateless samplers of train.deterministic need one)."""
     labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
-    sampled_values = sampler(labels)
+    sampled_values = sampler(labels) if seed is None else sampler(labels, seed)
     return tf.reduce_mean(op(
         weights=weights, biases=biases, labels=labels, inputs=queries,
         num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
@@ -41,6 +42,7 @@ def sampled_softmax(
     queries: tf.Tensor,
     sampler: Sampler,
     remove_accidental_hits: bool = True,
+    seed: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Mean of `tf.nn.sampled_softmax_loss` with one candidate set shared by the whole batch.
 
@@ -50,7 +52,8 @@ def sampled_softmax(
     `remove_accidental_hits` one column per id equal to y_r is masked — for in-batch negatives,
     exactly Yi et al.'s form (see the module docstring for why one copy, not all).
     """
-    return _mean_sampled_loss(tf.nn.sampled_softmax_loss, weights, biases, labels, queries, sampler, remove_accidental_hits)
+    return _mean_sampled_loss(tf.nn.sampled_softmax_loss, weights, biases, labels, queries, sampler,
+                              remove_accidental_hits, seed)
 
 
 def nce(
@@ -60,6 +63,7 @@ def nce(
     queries: tf.Tensor,
     sampler: Sampler,
     remove_accidental_hits: bool = False,
+    seed: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Mean of `tf.nn.nce_loss`: logistic loss on logit − log(expected count), target 1 for the
     label's column and 0 for each candidate's, summed over the columns of a row.
@@ -69,7 +73,7 @@ def nce(
     `sampled_softmax`. `remove_accidental_hits` defaults to False, as in TF (textbook NCE); when on,
     TF masks one candidate column per id equal to the label (a masked column contributes nothing).
     """
-    return _mean_sampled_loss(tf.nn.nce_loss, weights, biases, labels, queries, sampler, remove_accidental_hits)
+    return _mean_sampled_loss(tf.nn.nce_loss, weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
 
 
 def full_softmax(weights: tf.Tensor, biases: tf.Tensor, labels: tf.Tensor, queries: tf.Tensor) -> tf.Tensor:

@@ -22,29 +22,58 @@ def trainable_variables(user_tower: UserTower, item_tower: ItemTower) -> list:
 
 def make_loss_fn(user_tower, item_tower, loss_kind: str, sampler: Sampler | None,
                  remove_accidental_hits: bool = True):
-    """loss_fn(features, labels int64 [B], training) → scalar loss (sampled losses: TF's own ops)."""
+    """loss_fn(features, labels int64 [B], training, seed) → scalar loss (sampled losses: TF's own ops).
 
-    def loss_fn(features, labels, training=True):
+    `seed` int64 [2] keys the stateless samplers' draws (train.deterministic); TF's samplers ignore it."""
+
+    def loss_fn(features, labels, training=True, seed=None):
         queries = user_tower(features, training=training)  # [B, D]
         weights, biases = item_tower.weights_and_biases()  # [N, D], [N]
         if loss_kind == "full_softmax":
             return full_softmax(weights, biases, labels, queries)
         if loss_kind in ("nce", "neg"):
-            return nce(weights, biases, labels, queries, sampler, remove_accidental_hits)
-        return sampled_softmax(weights, biases, labels, queries, sampler, remove_accidental_hits)
+            return nce(weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
+        return sampled_softmax(weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
 
     return loss_fn
 
 
+def _update(loss_fn, variables: list, optimizer, features, labels, seed):
+    """One optimizer update on one batch → the batch's loss (scalar)."""
+    with tf.GradientTape() as tape:
+        loss = loss_fn(features, labels, training=True, seed=seed)
+    grads = tape.gradient(loss, variables)
+    optimizer.apply_gradients(zip(grads, variables))
+    return loss
+
+
 def make_train_step(loss_fn, variables: list, optimizer):
-    """train_step(features, labels) → loss, one optimizer update. Traced once per input signature."""
+    """train_step(features, labels, seed=None) → loss, one optimizer update. Traced once per signature."""
 
     @tf.function(reduce_retracing=True)
-    def train_step(features, labels):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(features, labels, training=True)
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
+    def train_step(features, labels, seed=None):
+        return _update(loss_fn, variables, optimizer, features, labels, seed)
 
     return train_step
+
+
+def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int):
+    """train_block(idx int64 [K, B], first_step int64) → losses float32 [K]: K updates in one call.
+
+    Step k gathers its batch in-graph (`batcher(idx[k])`, training/inputs.py) and draws its negatives
+    with seed [seed, first_step + k], so a step's randomness depends only on its global step number —
+    the same whether the run was resumed or not, whatever K. Running K steps per call removes the
+    Python round trip (and the host sync on the loss) between steps.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def train_block(idx, first_step):
+        steps = tf.shape(idx)[0]
+        losses = tf.TensorArray(tf.float32, size=steps)
+        for k in tf.range(steps):
+            features, labels = batcher(idx[k])
+            step_seed = tf.stack([tf.constant(seed, tf.int64), first_step + tf.cast(k, tf.int64)])
+            losses = losses.write(k, _update(loss_fn, variables, optimizer, features, labels, step_seed))
+        return losses.stack()
+
+    return train_block
