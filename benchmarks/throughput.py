@@ -7,13 +7,14 @@
 
 Sections (`--only ml1m,scaling,input,eval`):
 
-- **ml1m** — examples/s of the training step fed by the real tf.data pipeline (the loop's own pieces,
-  each case in a fresh process:
-  `ExampleBatcher.dataset` → `make_train_step`; no tqdm, logging or validation) on ML-1M, for
-  (a) the DeepMatch shape: configs/ml-1m.yaml with dim 32, MLP [64], 255 shared log-uniform negatives,
-  history 50, no recency features, no user features, batch `--batch`; (b) the shipped configs/ml-1m.yaml
-  (its own batch size). Steady state: the first `--skip` steps (tracing, warm-up) are not timed. Once
-  per optimiser in `--optimizers`.
+- **ml1m** — examples/s of the real training loop: `recall.train` for `--epochs` epochs (early
+  stopping off), each case in a fresh process, the rate of each epoch taken from history.json
+  (training time only: validation and checkpoints excluded), steady state = median of epochs 2..;
+  plus the test HR@10/50 the run reached (a bigger batch must keep the quality) and the per-step
+  cost of the loop's input work (in-graph gathering, timed alone) as a share of the step. Cases:
+  (a) the DeepMatch shape: configs/ml-1m.yaml with dim 32, MLP [64], 255 shared log-uniform
+  negatives, history 50, no GRU, no recency or user features, at each `--ml1m-batches` size;
+  (b) the shipped configs/ml-1m.yaml (its own batch size). Once per optimiser in `--optimizers`.
 - **scaling** — the median step time (`--steps` steps after `--warmup`) and the process's peak RSS
   at 10k, 100k, 1M items (and 10M with `--big`), each size × optimiser in a fresh process (so peaks
   don't accumulate): the DeepMatch towers (dim 32, MLP [64], history 50, item bias, example age),
@@ -22,8 +23,9 @@ Sections (`--only ml1m,scaling,input,eval`):
   assumes). Same batch, negatives and dimension at every size: the step should not grow with N.
   `rss_model` is the RSS after the model and optimiser slots are built, `peak_rss` the maximum.
 - **input** — generation time of `--interactions` synthetic interactions (`recall.data.synthetic`:
-  synthesize → leave-last-out split → make_examples), then the rate of `ExampleBatcher.dataset`
-  alone (batches/s and examples/s, history 50, batch `--batch`), in a fresh process (peak RSS too).
+  synthesize → leave-last-out split → make_examples), then the rate of the loop's input work alone
+  (`ExampleBatcher` gathering K-batch blocks in-graph, as the training step does; batches/s and
+  examples/s, history 50, batch `--batch`), in a fresh process (peak RSS too).
 - **eval** — the full filtered ML-1M evaluation (test queries, exact Flat index, every K): the towers
   of `--run-dir` when given, else untrained towers of configs/ml-1m.yaml (timing only). With `--ann`:
   IVF and HNSW indexes over `--ann-items` clustered random vectors (dim 32, a Gaussian mixture — random
@@ -56,7 +58,8 @@ SECTIONS = ("ml1m", "scaling", "input", "eval")
 ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
 # The DeepMatch YoutubeDNN shape from the speed issue, as overrides of configs/ml-1m.yaml.
 DEEPMATCH = ["model.dim=32", "model.hidden=[64]", "loss.num_sampled=255", "loss.sampler=log_uniform",
-             "model.max_history=50", "model.recent=0", "data.user_features=null"]
+             "model.max_history=50", "model.recent=0", "model.gru=0", "model.tie_embeddings=false",
+             "data.user_features=null"]
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -117,55 +120,65 @@ def run_worker(task: dict, timeout: float | None = None) -> dict:
 
 # --- ml1m: examples/s of the real step + input pipeline ---------------------------------------------
 
-def ml1m_rate(config: Path, overrides: list[str], optimizer: str, batch: int | None, steps: int, skip: int) -> dict:
-    """Steady-state examples/s of the compiled step fed by ExampleBatcher.dataset on the config's data."""
-    import recall
-    from recall.pipeline import build_model, make_optimizer, prepare_data
-    from recall.training.inputs import ExampleBatcher, epoch_order
-    from recall.training.samplers import make_sampler
-    from recall.training.step import make_loss_fn, make_train_step, trainable_variables
+def ml1m_rate(config: Path, overrides: list[str], optimizer: str, batch: int | None, epochs: int,
+              run_dir: str) -> dict:
+    """Examples/s of the real training loop (`recall.train`: in-graph batch gathering, K-step blocks,
+    progress bar, checkpoints) on the config's data; steady state = the median of epochs 2.. (epoch 1
+    includes tracing). Validation and checkpoint time are not training time. Also: test quality of
+    the run, and what the in-graph input (gathering a batch's histories and labels) costs per step."""
+    import statistics
 
-    extra = [f"train.optimizer={optimizer}"] + ([f"train.batch_size={batch}"] if batch else [])
+    import recall
+
+    extra = [f"train.optimizer={optimizer}", f"train.epochs={epochs}", "train.early_stopping=null"]
+    extra += [f"train.batch_size={batch}"] if batch else []
     cfg = recall.load_config(Path(config), overrides + extra)
+    t0 = time.perf_counter()
+    metrics = recall.train(cfg, run_dir)
+    wall = time.perf_counter() - t0
+    epochs_done = json.loads((Path(run_dir) / "history.json").read_text())["epochs"]
+    rates = [e["examples_per_sec"] for e in epochs_done]
+    steady = statistics.median(rates[1:] if len(rates) > 1 else rates)
+    tc = cfg.train
+    step_ms = 1000 * tc.batch_size / steady
+    from recall.pipeline import prepare_data
+    from recall.training.inputs import ExampleBatcher, epoch_order
+
+    data = prepare_data(cfg)
+    batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
+    input_ms = gather_ms_per_batch(batcher, epoch_order(len(data.examples), cfg.seed, 0), tc.batch_size,
+                                   tc.steps_per_execution)
+    test = metrics["test"]["filtered"]
+    return {"optimizer": optimizer, "batch_size": tc.batch_size, "steps_per_execution": tc.steps_per_execution,
+            "dim": cfg.model.dim, "hidden": cfg.model.hidden, "num_sampled": cfg.loss.num_sampled,
+            "items": metrics["data"]["items"], "epochs": len(rates), "epoch_examples_per_sec": rates,
+            "examples_per_sec": round(steady, 1), "ms_per_step": round(step_ms, 2),
+            "input_ms_per_step": round(input_ms, 3), "input_share": round(input_ms / step_ms, 4),
+            "train_seconds": metrics["train"]["seconds"], "wall_seconds": round(wall, 1),
+            "test_hr@10": test["hr@10"], "test_hr@50": test["hr@50"], "peak_rss": peak_rss_bytes()}
+
+
+def gather_ms_per_batch(batcher, order, batch: int, k: int) -> float:
+    """ms per batch of the loop's input work alone: `ExampleBatcher` gathering histories, features and
+    labels of K-batch blocks in-graph, exactly as `make_train_block` does before each update."""
     import tensorflow as tf
 
-    tf.random.set_seed(cfg.seed)
-    data = prepare_data(cfg)
-    tc, lc = cfg.train, cfg.loss
-    n_items = data.split.num_items
-    user, items = build_model(cfg, n_items, data.features.sizes)
-    sampler = make_sampler(lc.sampler, lc.num_sampled, n_items, lc.unique, data.split.item_counts, lc.distortion,
-                           lc.logq_correction and lc.kind != "neg", seed=cfg.seed, mixed_base=lc.mixed_base,
-                           streaming=lc.frequency == "streaming", batch_size=tc.batch_size,
-                           streaming_alpha=lc.streaming_alpha)
-    variables = trainable_variables(user, items)
-    opt = make_optimizer(tc.optimizer, tc.learning_rate)
-    opt.build(variables)
-    step = make_train_step(make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits), variables, opt)
-    batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
-    done, examples, t0, epoch, loss, times = 0, 0, None, 0, float("nan"), []
-    while done < skip + steps:
-        t = time.perf_counter()
-        for features, labels in batcher.dataset(epoch_order(len(data.examples), cfg.seed, epoch), tc.batch_size):
-            loss = float(step(features, labels))  # the loop reads the loss every step too
-            done += 1
-            now = time.perf_counter()
-            if done == skip:
-                t0 = now
-            elif done > skip:
-                examples += int(labels.shape[0])
-                times.append(now - t)  # this step, its input wait included
-            t = now
-            if done >= skip + steps:
-                break
-        epoch += 1
-    seconds = time.perf_counter() - t0
-    times.sort()
-    return {"optimizer": optimizer, "batch_size": tc.batch_size, "dim": cfg.model.dim, "hidden": cfg.model.hidden,
-            "num_sampled": lc.num_sampled, "items": n_items, "timed_steps": steps, "skipped_steps": skip,
-            "examples_per_sec": round(examples / seconds, 1), "ms_per_step": round(1000 * seconds / steps, 2),
-            "median_ms_per_step": round(1000 * times[len(times) // 2], 2), "final_loss": round(loss, 4),
-            "peak_rss": peak_rss_bytes()}
+    @tf.function
+    def gather_block(idx):
+        total = tf.constant(0.0)
+        for j in tf.range(tf.shape(idx)[0]):
+            features, labels = batcher(idx[j])
+            total += tf.reduce_sum(tf.cast(features["history"][:, -1], tf.float32)) + tf.cast(labels[0], tf.float32)
+        return total
+
+    blocks = [tf.constant(order[i * k * batch:(i + 1) * k * batch].reshape(k, batch))
+              for i in range(min(8, len(order) // (k * batch)))]
+    gather_block(blocks[0]).numpy()  # trace
+    t0 = time.perf_counter()
+    for _ in range(5):
+        for b in blocks:
+            gather_block(b).numpy()
+    return 1000 * (time.perf_counter() - t0) / (5 * len(blocks) * k)
 
 
 # --- scaling: step time and memory vs catalogue size (worker) --------------------------------------
@@ -228,7 +241,7 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
 
 # --- input: example generation + ExampleBatcher rate (worker) --------------------------------------
 
-def input_worker(interactions: int, batch: int, max_history: int, batches: int, seed: int = 0) -> dict:
+def input_worker(interactions: int, batch: int, max_history: int, seed: int = 0) -> dict:
     import numpy as np
 
     from recall.data.examples import make_examples
@@ -253,22 +266,12 @@ def input_worker(interactions: int, batch: int, max_history: int, batches: int, 
     from recall.training.inputs import ExampleBatcher, epoch_order
 
     batcher = ExampleBatcher(split.train_items, examples, np.zeros((split.num_users, 0), np.int32), max_history)
-    warm = 5
-    ds = batcher.dataset(epoch_order(len(examples), seed, 0), batch).take(warm + batches)
-    n, ex, start = 0, 0, None
-    for _features, labels in ds:
-        n += 1
-        if n == warm:
-            start = time.perf_counter()
-        elif n > warm:
-            ex += int(labels.shape[0])
-    seconds = time.perf_counter() - start
-    timed = n - warm
+    ms = gather_ms_per_batch(batcher, epoch_order(len(examples), seed, 0), batch, 16)
     return {"interactions": rows, "users": num_users, "items": num_items, "examples": len(examples),
             "synthesize_seconds": round(t1 - t0, 2), "split_seconds": round(t2 - t1, 2),
             "examples_seconds": round(t3 - t2, 2), "generation_seconds": round(t3 - t0, 2),
-            "batch_size": batch, "max_history": max_history, "timed_batches": timed,
-            "batches_per_sec": round(timed / seconds, 1), "examples_per_sec": round(ex / seconds, 1),
+            "batch_size": batch, "max_history": max_history,
+            "batches_per_sec": round(1000 / ms, 1), "examples_per_sec": round(1000 * batch / ms, 1),
             "peak_rss": peak_rss_bytes()}
 
 
@@ -360,8 +363,9 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
             out.append(("ml1m", r["name"], "failed: " + r["error"][:60], ""))
             continue
         out.append(("ml1m", f"{r['name']}, {r['optimizer']}, batch {r['batch_size']}",
-                    f"{r['examples_per_sec']:,.0f} ex/s ({r['ms_per_step']:.1f} ms/step mean, "
-                    f"{r['median_ms_per_step']:.1f} median)", f"peak {gib(r['peak_rss'])}"))
+                    f"{r['examples_per_sec']:,.0f} ex/s ({r['ms_per_step']:.1f} ms/step; input "
+                    f"{100 * r['input_share']:.1f}% of it); test HR@10/50 {r['test_hr@10']:.3f}/{r['test_hr@50']:.3f} "
+                    f"after {r['epochs']} epochs", f"peak {gib(r['peak_rss'])}"))
     for r in results.get("scaling", []):
         case = f"{size_label(r['items'])} items, {r['optimizer']}"
         if "error" in r:
@@ -380,7 +384,7 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
             out.append(("input", f"generate {r['interactions']:,} interactions → {r['examples']:,} examples",
                         f"{r['generation_seconds']:.1f} s (synth {r['synthesize_seconds']:.1f}, split "
                         f"{r['split_seconds']:.1f}, examples {r['examples_seconds']:.1f})", f"peak {gib(r['peak_rss'])}"))
-            out.append(("input", f"ExampleBatcher.dataset, batch {r['batch_size']}, history {r['max_history']}",
+            out.append(("input", f"in-graph batch gathering alone, batch {r['batch_size']}, history {r['max_history']}",
                         f"{r['batches_per_sec']:,.1f} batches/s = {r['examples_per_sec']:,.0f} ex/s", ""))
     r = results.get("eval")
     if r:
@@ -449,8 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "ml-1m.yaml"))
     ap.add_argument("--data", default=str(ML1M / "ratings_pos4.parquet"), help="ML-1M positives (Parquet)")
     ap.add_argument("--users", default=str(ML1M / "users.parquet"), help="ML-1M user table (shipped config)")
-    ap.add_argument("--steps", type=int, help="timed steps (ml1m default 300, scaling 50; --quick 30 / 10)")
-    ap.add_argument("--skip", type=int, default=20, help="ml1m: untimed first steps (default 20)")
+    ap.add_argument("--steps", type=int, help="scaling: timed steps (default 50; --quick 10)")
+    ap.add_argument("--epochs", type=int, help="ml1m: epochs of each training run (default 3; --quick 1)")
+    ap.add_argument("--ml1m-batches", default="1024,4096",
+                    help="ml1m: DeepMatch-shape batch sizes to run (default 1024,4096)")
     ap.add_argument("--warmup", type=int, default=5, help="scaling: untimed steps after the first (default 5)")
     ap.add_argument("--sizes", help="scaling: catalogue sizes (default 10000,100000,1000000; --quick 10000,100000)")
     ap.add_argument("--big", action="store_true", help="scaling: add 10,000,000 items")
@@ -494,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes.append(10_000_000)
     settings = {
         "quick": q, "batch": args.batch, "optimizers": optimizers, "deepmatch_overrides": DEEPMATCH,
-        "ml1m_steps": args.steps or (30 if q else 300), "ml1m_skip": args.skip,
+        "ml1m_epochs": args.epochs or (1 if q else 3),
+        "ml1m_batches": [int(b) for b in args.ml1m_batches.split(",") if b.strip()],
         "scaling_sizes": sizes, "scaling_steps": args.steps or (10 if q else 50), "scaling_warmup": args.warmup,
         "interactions": args.interactions or (1_000_000 if q else 10_000_000),
         "ann": args.ann, "ann_items": args.ann_items or (100_000 if q else 1_000_000),
@@ -526,15 +533,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ml1m skipped: {data} not found (pass --data)")
         else:
             results["ml1m"] = []
-            cases = [("DeepMatch shape", DEEPMATCH, args.batch), ("shipped ml-1m.yaml", [], None)]
-            for name, overrides, batch in cases:
-                for opt in optimizers:
-                    print(f"ml1m: {name}, {opt} ...", flush=True)
-                    row = run_worker({"kind": "ml1m", "config": args.config, "overrides": common + overrides,
-                                      "optimizer": opt, "batch": batch, "steps": settings["ml1m_steps"],
-                                      "skip": args.skip}, args.timeout)
-                    results["ml1m"].append({"name": name, "optimizer": opt, **row})
-                    save()
+            import tempfile
+
+            cases = [("DeepMatch shape", DEEPMATCH, b) for b in settings["ml1m_batches"]]
+            cases.append(("shipped ml-1m.yaml", [], None))
+            with tempfile.TemporaryDirectory(prefix="recall-throughput-") as tmp:
+                for i, (name, overrides, batch) in enumerate(cases):
+                    for opt in optimizers:
+                        print(f"ml1m: {name}, batch {batch or 'of the config'}, {opt} ...", flush=True)
+                        row = run_worker({"kind": "ml1m", "config": args.config, "overrides": common + overrides,
+                                          "optimizer": opt, "batch": batch, "epochs": settings["ml1m_epochs"],
+                                          "run_dir": str(Path(tmp) / f"run{i}-{opt}")}, args.timeout)
+                        results["ml1m"].append({"name": name, "optimizer": opt, **row})
+                        save()
 
     if "scaling" in only:
         results["scaling"] = []
@@ -552,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     if "input" in only:
         print(f"input: {settings['interactions']:,} interactions ...", flush=True)
         results["input"] = run_worker({"kind": "input", "interactions": settings["interactions"],
-                                       "batch": args.batch, "max_history": 50, "batches": 40 if q else 300},
+                                       "batch": args.batch, "max_history": 50},
                                       args.timeout)
         save()
 

@@ -142,7 +142,7 @@ def test_history_matrix_edge_cases():
 
 def test_example_batcher_matches_brute_force():
     tf = pytest.importorskip("tensorflow")
-    from recall.training.inputs import ExampleBatcher
+    from recall.training.inputs import ExampleBatcher, epoch_blocks
 
     split = random_split(8)
     max_history = 4
@@ -157,14 +157,40 @@ def test_example_batcher_matches_brute_force():
         assert features["history"][row].numpy().tolist() == padded(hist, max_history)
         assert features["user_features"][row].numpy().tolist() == codes[u].tolist()
         assert float(features["age"][row]) == pytest.approx(float(ex.age[e]))
-    # the tf.data path covers every example exactly once
+    # the loop's blocks (3 batches of 16 per block, then the partial one) cover every example once
     seen_labels, seen_hist = [], []
-    for f, y in batcher.dataset(idx, batch_size=16):
-        seen_labels += y.numpy().tolist()
-        seen_hist += f["history"].numpy().tolist()
+    for block in epoch_blocks(idx, 16, done=0, steps_per_block=3, step=0):
+        for batch in block:
+            f, y = batcher(tf.constant(batch))
+            seen_labels += y.numpy().tolist()
+            seen_hist += f["history"].numpy().tolist()
     assert seen_labels == [expected[e][1] for e in idx]
     assert seen_hist == [padded(expected[e][2], max_history) for e in idx]
     assert features["history"].dtype == tf.int32 and labels.dtype == tf.int64
+
+
+@pytest.mark.parametrize("n,batch,k,every,done,step", [
+    (100, 8, 4, 0, 0, 0),     # 12 full batches + 4 left over
+    (100, 8, 4, 5, 0, 0),     # checkpoints every 5 steps cut the blocks
+    (100, 8, 16, 5, 7, 31),   # resumed mid-epoch: 7 batches done, global step 31
+    (96, 8, 5, 0, 0, 0),      # no partial batch
+    (100, 8, 4, 0, 12, 12),   # only the partial batch is left
+])
+def test_epoch_blocks_cover_the_rest_of_the_epoch_once(n, batch, k, every, done, step):
+    from recall.training.inputs import epoch_blocks
+
+    order = np.random.default_rng(n + k).permutation(n).astype(np.int64)
+    blocks = list(epoch_blocks(order, batch, done, k, step, every))
+    flat = np.concatenate([b.ravel() for b in blocks])
+    np.testing.assert_array_equal(flat, order[done * batch:])  # in order, nothing skipped or repeated
+    for b in blocks[:-1]:
+        assert b.shape[1] == batch and 1 <= b.shape[0] <= k
+    steps_after = step + np.cumsum([b.shape[0] for b in blocks])
+    if every:  # every multiple of `every` passed is the end of some block
+        passed = range((step // every + 1) * every, int(steps_after[-1]) + 1, every)
+        assert set(passed) <= set(steps_after.tolist())
+    if n % batch:
+        assert blocks[-1].shape == (1, n % batch)
 
 
 # --- make_queries ------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""tf.data input: shuffled example indices → batches of (features, labels), histories gathered in-graph.
+"""Model input: shuffled example indices → batches of (features, labels), gathered in-graph.
 
 Examples are stored as (label position, history length) into the flat train sequence (see
 data/examples.py); the `[batch, max_history]` history matrix is built per batch, so memory stays
-O(interactions), not O(interactions × max_history).
+O(interactions), not O(interactions × max_history). The gathering runs inside the compiled training
+block (training/step.py `make_train_block`), so there is no separate input pipeline for the step to
+wait on: it costs ~1 % of a step (benchmarks/throughput.py measures it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) 
     if not shuffle:
         return np.arange(num_examples, dtype=np.int64)
     return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int64)
+
+
+def epoch_blocks(order: np.ndarray, batch_size: int, done: int, steps_per_block: int, step: int,
+                 checkpoint_every: int = 0):
+    """The epoch's remaining batches as blocks for `make_train_block`: int64 arrays [K, B].
+
+    `order` [n] is the epoch's example order, `done` the batches already trained (a resumed epoch
+    skips them), `step` the global step before the first block. Blocks hold up to `steps_per_block`
+    full batches and never run past a multiple of `checkpoint_every` (so the loop can checkpoint
+    between blocks at exactly those steps); the epoch's last, partial batch is a block [1, n mod B].
+    """
+    full, partial = divmod(len(order), batch_size)
+    while done < full:
+        k = min(steps_per_block, full - done)
+        if checkpoint_every:
+            k = min(k, checkpoint_every - step % checkpoint_every)
+        yield order[done * batch_size:(done + k) * batch_size].reshape(k, batch_size)
+        done, step = done + k, step + k
+    if partial and done == full:
+        yield order[full * batch_size:][None, :]
 
 
 class ExampleBatcher:
@@ -50,9 +72,3 @@ class ExampleBatcher:
             "user_features": tf.gather(self.user_codes, tf.gather(self.user, idx)),
         }
         return features, tf.cast(tf.gather(self.seq, pos), tf.int64)
-
-    def dataset(self, order: np.ndarray, batch_size: int, skip_batches: int = 0) -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-        if skip_batches:
-            ds = ds.skip(skip_batches)
-        return ds.map(self, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from recall.config import Config
 from recall.evaluation.model_eval import evaluate_towers
 from recall.io import write_json
-from recall.training.inputs import ExampleBatcher, epoch_order
+from recall.training.inputs import ExampleBatcher, epoch_blocks, epoch_order
 from recall.training.sampler_stats import sampler_report
 from recall.training.samplers import make_sampler
 from recall.training.step import make_loss_fn, make_train_block, trainable_variables
@@ -91,8 +91,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     history["epochs"] = [e for e in history["epochs"] if e["epoch"] <= int(state["epoch"])]
 
     n = len(data.examples)
-    full_batches, partial = divmod(n, tc.batch_size)
-    batches_per_epoch = full_batches + (partial > 0)
+    batches_per_epoch = math.ceil(n / tc.batch_size)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     es = tc.early_stopping
     # Without early stopping, "best" still needs a metric that is computed: HR at the largest K ≤ 50.
@@ -108,15 +107,11 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         bar = tqdm(total=batches_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    unit="batch", dynamic_ncols=True, mininterval=0.5)
         t0, ex0 = time.perf_counter(), 0
+        epoch_seconds, epoch_examples = 0.0, 0  # this process's training time in the epoch (no saves)
         running = float(state["running_loss"]) if done else math.nan
         step = int(state["step"])
-        while done < batches_per_epoch:
-            # A block of K full batches (never across a checkpoint), or the epoch's last, partial batch.
-            if done < full_batches:
-                k = min(tc.steps_per_execution, full_batches - done, every - step % every if every else n)
-                idx = order[done * tc.batch_size:(done + k) * tc.batch_size].reshape(k, tc.batch_size)
-            else:
-                k, idx = 1, order[done * tc.batch_size:][None, :]
+        for idx in epoch_blocks(order, tc.batch_size, done, tc.steps_per_execution, step, every):
+            k = idx.shape[0]
             losses = train_block(tf.constant(idx), tf.constant(step, tf.int64)).numpy()
             for loss in losses.tolist():
                 step += 1
@@ -133,9 +128,11 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
             bar.update(k)
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{ex0 / (time.perf_counter() - t0):,.0f}", refresh=False)
             if every and step % every == 0:
+                epoch_seconds, epoch_examples = epoch_seconds + time.perf_counter() - t0, epoch_examples + ex0
                 _save(manager, state, t0, ex0, history, history_path)
                 t0, ex0 = time.perf_counter(), 0
         bar.close()
+        epoch_seconds, epoch_examples = epoch_seconds + time.perf_counter() - t0, epoch_examples + ex0
         _account(state, t0, ex0)
         # --- validate, keep the best, maybe stop ----------------------------------------------
         valid = evaluate_towers(user, items, data.valid, data.features.codes, cfg.eval.ks, cfg.index.factory,
@@ -156,6 +153,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
                 if k != "count":
                     tf.summary.scalar(f"valid/{k}", v)
         history["epochs"].append({"epoch": epoch + 1, "step": int(state["step"]), "loss": running,
+                                  "train_seconds": round(epoch_seconds, 3),
+                                  "examples_per_sec": round(epoch_examples / max(epoch_seconds, 1e-9), 1),
                                   **{f"valid_{k}": v for k, v in valid.items() if k != "count"}})
         print(f"epoch {epoch + 1}: loss {running:.4f}  valid {metric} {score:.4f}"
               f"{'  (best)' if improved else ''}", flush=True)
