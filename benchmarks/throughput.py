@@ -15,8 +15,10 @@ Sections (`--only ml1m,scaling,input,eval`):
   (a) the DeepMatch shape: configs/ml-1m.yaml with dim 32, MLP [64], 255 shared log-uniform
   negatives, history 50, no GRU, no recency or user features, at each `--ml1m-batches` size;
   (b) the shipped configs/ml-1m.yaml (its own batch size). Once per optimiser in `--optimizers`.
-- **scaling** — the median step time (`--steps` steps after `--warmup`) and the process's peak RSS
-  at 10k, 100k, 1M items (and 10M with `--big`), each size × optimiser in a fresh process (so peaks
+- **scaling** — the median step time and the process's peak RSS at 10k, 100k, 1M items (and 10M
+  with `--big`); steps run `train.steps_per_execution` per compiled call (`make_train_block`, as in
+  the training loop), `--steps` calls timed after
+  `--warmup`, each size × optimiser in a fresh process (so peaks
   don't accumulate): the DeepMatch towers (dim 32, MLP [64], history 50, item bias, example age),
   the log-uniform sampler with 255 shared negatives and the compiled train step, on synthetic batches
   whose history and label ids are log-uniform over the catalogue (the popularity shape the sampler
@@ -191,7 +193,7 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
     from recall.config import Config
     from recall.pipeline import build_model, make_optimizer
     from recall.training.samplers import make_sampler
-    from recall.training.step import make_loss_fn, make_train_step, trainable_variables
+    from recall.training.step import make_loss_fn, make_train_block, trainable_variables
 
     tf.random.set_seed(seed)
     cfg = Config.model_validate({"model": {"dim": dim, "hidden": hidden, "max_history": max_history, "recent": 0},
@@ -207,7 +209,6 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
     opt.build(variables)
     build_seconds = time.perf_counter() - t0
     rss_model = current_rss_bytes()
-    step = make_train_step(make_loss_fn(user, items, "sampled_softmax", sampler, True), variables, opt)
 
     # Log-uniform ids over the catalogue (Q(id) = log((id+2)/(id+1)) / log(N+1)), random history lengths.
     rng = np.random.default_rng(seed)
@@ -216,21 +217,26 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
         return np.minimum(np.floor(np.exp(rng.random(shape) * np.log(num_items + 1))) - 1, num_items - 1).astype(
             np.int64)
 
-    batches = []
-    for _ in range(4):
-        hist = log_uniform((batch, max_history)).astype(np.int32)
-        length = rng.integers(1, max_history + 1, batch)
-        hist[np.arange(max_history)[None, :] < (max_history - length)[:, None]] = -1  # right-aligned
-        features = {"history": tf.constant(hist), "age": tf.constant(rng.random(batch).astype(np.float32)),
-                    "user_features": tf.zeros([batch, 0], tf.int32)}
-        batches.append((features, tf.constant(log_uniform(batch))))
+    hist = log_uniform((4, batch, max_history)).astype(np.int32)
+    length = rng.integers(1, max_history + 1, (4, batch))
+    hist[np.arange(max_history)[None, None, :] < (max_history - length)[..., None]] = -1  # right-aligned
+    hist, age = tf.constant(hist), tf.constant(rng.random((4, batch)).astype(np.float32))
+    labels = tf.constant(log_uniform((4, batch)))
+
+    def batch_number(idx):  # stands in for ExampleBatcher: idx [1] picks one of the 4 synthetic batches
+        b = idx[0]
+        return {"history": hist[b], "age": age[b], "user_features": tf.zeros([batch, 0], tf.int32)}, labels[b]
+
+    k = cfg.train.steps_per_execution  # steps per call, as the training loop runs them
+    block = make_train_block(batch_number, make_loss_fn(user, items, "sampled_softmax", sampler, True), variables,
+                             opt, seed)
+    idx = tf.constant(np.arange(k, dtype=np.int64)[:, None] % 4)
     times = []
     for i in range(warmup + steps):
-        features, labels = batches[i % len(batches)]
         t = time.perf_counter()
-        loss = float(step(features, labels))
+        loss = float(block(idx, tf.constant(i * k, tf.int64))[-1])
         if i >= warmup:
-            times.append(time.perf_counter() - t)
+            times.append((time.perf_counter() - t) / k)
     times.sort()
     return {"items": num_items, "optimizer": optimizer, "batch_size": batch, "num_sampled": num_sampled, "dim": dim,
             "steps": steps, "warmup": warmup, "ms_per_step": round(1000 * times[len(times) // 2], 2),
@@ -453,11 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "ml-1m.yaml"))
     ap.add_argument("--data", default=str(ML1M / "ratings_pos4.parquet"), help="ML-1M positives (Parquet)")
     ap.add_argument("--users", default=str(ML1M / "users.parquet"), help="ML-1M user table (shipped config)")
-    ap.add_argument("--steps", type=int, help="scaling: timed steps (default 50; --quick 10)")
+    ap.add_argument("--steps", type=int, help="scaling: timed calls of 8 steps (default 20; --quick 3)")
     ap.add_argument("--epochs", type=int, help="ml1m: epochs of each training run (default 3; --quick 1)")
     ap.add_argument("--ml1m-batches", default="1024,4096",
                     help="ml1m: DeepMatch-shape batch sizes to run (default 1024,4096)")
-    ap.add_argument("--warmup", type=int, default=5, help="scaling: untimed steps after the first (default 5)")
+    ap.add_argument("--warmup", type=int, default=2, help="scaling: untimed calls first (default 2)")
     ap.add_argument("--sizes", help="scaling: catalogue sizes (default 10000,100000,1000000; --quick 10000,100000)")
     ap.add_argument("--big", action="store_true", help="scaling: add 10,000,000 items")
     ap.add_argument("--interactions", type=int, help="input: synthetic interactions (default 10M; --quick 1M)")
@@ -502,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": q, "batch": args.batch, "optimizers": optimizers, "deepmatch_overrides": DEEPMATCH,
         "ml1m_epochs": args.epochs or (1 if q else 3),
         "ml1m_batches": [int(b) for b in args.ml1m_batches.split(",") if b.strip()],
-        "scaling_sizes": sizes, "scaling_steps": args.steps or (10 if q else 50), "scaling_warmup": args.warmup,
+        "scaling_sizes": sizes, "scaling_steps": args.steps or (3 if q else 20), "scaling_warmup": args.warmup,
         "interactions": args.interactions or (1_000_000 if q else 10_000_000),
         "ann": args.ann, "ann_items": args.ann_items or (100_000 if q else 1_000_000),
         "ann_queries": args.ann_queries or (10_000 if q else 100_000), "ann_exact_queries": args.ann_exact_queries,

@@ -166,7 +166,7 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = per epoch only)")
     steps_per_execution: int = Field(
-        16, ge=1, le=100000, description="training steps run inside one compiled call (fewer Python round trips; "
+        8, ge=1, le=256, description="training steps run inside one compiled call (fewer Python round trips; "
         "same updates, same order)"
     )
     deterministic: bool = Field(

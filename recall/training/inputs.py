@@ -27,15 +27,18 @@ def epoch_blocks(order: np.ndarray, batch_size: int, done: int, steps_per_block:
     """The epoch's remaining batches as blocks for `make_train_block`: int64 arrays [K, B].
 
     `order` [n] is the epoch's example order, `done` the batches already trained (a resumed epoch
-    skips them), `step` the global step before the first block. Blocks hold up to `steps_per_block`
-    full batches and never run past a multiple of `checkpoint_every` (so the loop can checkpoint
-    between blocks at exactly those steps); the epoch's last, partial batch is a block [1, n mod B].
+    skips them), `step` the global step before the first block. A block holds exactly
+    `steps_per_block` full batches, or a single batch where fewer remain before the epoch's end or
+    the next multiple of `checkpoint_every` (the loop checkpoints between blocks at exactly those
+    steps); the epoch's last, partial batch is a block [1, n mod B]. So the compiled block (unrolled
+    over K) sees at most three shapes: [K, B], [1, B] and [1, n mod B].
     """
     full, partial = divmod(len(order), batch_size)
     while done < full:
-        k = min(steps_per_block, full - done)
+        room = full - done
         if checkpoint_every:
-            k = min(k, checkpoint_every - step % checkpoint_every)
+            room = min(room, checkpoint_every - step % checkpoint_every)
+        k = steps_per_block if room >= steps_per_block else 1
         yield order[done * batch_size:(done + k) * batch_size].reshape(k, batch_size)
         done, step = done + k, step + k
     if partial and done == full:

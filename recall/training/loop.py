@@ -67,8 +67,9 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         "bad_epochs": tf.Variable(0, dtype=tf.int64, name="bad_epochs"),
         "train_seconds": tf.Variable(0.0, dtype=tf.float64, name="train_seconds"),
         "examples_seen": tf.Variable(0, dtype=tf.int64, name="examples_seen"),
-        # The epoch's running (exponentially averaged) loss, NaN before its first step.
+        # The epoch's running (exponentially averaged) loss, NaN before its first step, and its sum.
         "running_loss": tf.Variable(math.nan, dtype=tf.float64, name="running_loss"),
+        "epoch_loss_sum": tf.Variable(0.0, dtype=tf.float64, name="epoch_loss_sum"),
     }
     # A stateful sampler (streaming frequency estimate) is part of the state too, and so are the
     # dropout layers' seed-generator states, which tf.train.Checkpoint does not reach through Keras 3.
@@ -109,6 +110,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         t0, ex0 = time.perf_counter(), 0
         epoch_seconds, epoch_examples = 0.0, 0  # this process's training time in the epoch (no saves)
         running = float(state["running_loss"]) if done else math.nan
+        loss_sum = float(state["epoch_loss_sum"]) if done else 0.0
         step = int(state["step"])
         for idx in epoch_blocks(order, tc.batch_size, done, tc.steps_per_execution, step, every):
             k = idx.shape[0]
@@ -116,6 +118,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
             for loss in losses.tolist():
                 step += 1
                 running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
+                loss_sum += loss
                 if step % 50 == 0:
                     with writer.as_default(step=step):
                         tf.summary.scalar("train/loss", loss)
@@ -125,6 +128,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
             state["step"].assign(step)
             state["epoch_batches"].assign(done)
             state["running_loss"].assign(running)
+            state["epoch_loss_sum"].assign(loss_sum)
             bar.update(k)
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{ex0 / (time.perf_counter() - t0):,.0f}", refresh=False)
             if every and step % every == 0:
@@ -152,11 +156,12 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
             for k, v in valid.items():
                 if k != "count":
                     tf.summary.scalar(f"valid/{k}", v)
-        history["epochs"].append({"epoch": epoch + 1, "step": int(state["step"]), "loss": running,
+        epoch_loss = loss_sum / batches_per_epoch  # the mean training loss of the epoch's batches
+        history["epochs"].append({"epoch": epoch + 1, "step": int(state["step"]), "loss": epoch_loss,
                                   "train_seconds": round(epoch_seconds, 3),
                                   "examples_per_sec": round(epoch_examples / max(epoch_seconds, 1e-9), 1),
                                   **{f"valid_{k}": v for k, v in valid.items() if k != "count"}})
-        print(f"epoch {epoch + 1}: loss {running:.4f}  valid {metric} {score:.4f}"
+        print(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  valid {metric} {score:.4f}"
               f"{'  (best)' if improved else ''}", flush=True)
         if es and int(state["bad_epochs"]) >= es.patience:
             stopped_early = True

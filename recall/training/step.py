@@ -64,16 +64,20 @@ def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int):
     with seed [seed, first_step + k], so a step's randomness depends only on its global step number —
     the same whether the run was resumed or not, whatever K. Running K steps per call removes the
     Python round trip (and the host sync on the loss) between steps.
+
+    The K steps are unrolled in the graph (one trace per block shape; the loop uses three), not a
+    `tf.while_loop`: inside a while loop every gather from a table that has been updated row-wise
+    (TF then keeps it in copy-on-read mode) costs a copy of the whole table — measured 54 ms per step
+    at 1M items against 21 ms unrolled.
     """
 
-    @tf.function(reduce_retracing=True)
+    @tf.function
     def train_block(idx, first_step):
-        steps = tf.shape(idx)[0]
-        losses = tf.TensorArray(tf.float32, size=steps)
-        for k in tf.range(steps):
+        losses = []
+        for k in range(idx.shape[0]):
             features, labels = batcher(idx[k])
-            step_seed = tf.stack([tf.constant(seed, tf.int64), first_step + tf.cast(k, tf.int64)])
-            losses = losses.write(k, _update(loss_fn, variables, optimizer, features, labels, step_seed))
-        return losses.stack()
+            step_seed = tf.stack([tf.constant(seed, tf.int64), first_step + k])
+            losses.append(_update(loss_fn, variables, optimizer, features, labels, step_seed))
+        return tf.stack(losses)
 
     return train_block
