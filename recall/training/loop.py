@@ -43,7 +43,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
                                mixed_base=lc.mixed_base, streaming=lc.frequency == "streaming",
                                batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha)
     variables = trainable_variables(user, items)
-    optimizer = make_optimizer(tc.optimizer, tc.learning_rate)
+    optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, tc.epochs * math.ceil(len(data.examples) / tc.batch_size), tc.warmup_steps)
     optimizer.build(variables)
     loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits)
     train_step = make_train_step(loss_fn, variables, optimizer)
