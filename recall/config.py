@@ -81,9 +81,12 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> ModelConfig:
-        for name in ("recent", "last_items", "gru"):
+        for name in ("recent", "last_items", "gru", "transformer"):
             if getattr(self, name) > self.max_history:
                 raise ValueError(f"model.{name} ({getattr(self, name)}) cannot exceed model.max_history ({self.max_history})")
+        if self.transformer and self.dim % self.transformer_heads:
+            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.transformer_heads "
+                             f"({self.transformer_heads}); change one of them")
         return self
 
     dim: int = Field(64, ge=1, le=4096, description="output dimension D of both towers")
@@ -96,6 +99,11 @@ class ModelConfig(_Section):
     last_items: int = Field(0, ge=0, description="feed the last n history items each in its own slot (order-aware)")
     attention: bool = Field(False, description="attention pooling over the history, latest item as the query")
     gru: int = Field(0, ge=0, description="encode the last n history items with a GRU (0 = off)")
+    transformer: int = Field(
+        0, ge=0, description="encode the last n history items with SASRec-style self-attention (0 = off)")
+    transformer_blocks: int = Field(2, ge=1, le=64, description="self-attention blocks (with model.transformer)")
+    transformer_heads: int = Field(1, ge=1, le=64, description="attention heads; must divide model.dim")
+    transformer_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout inside the transformer")
     tie_embeddings: bool = Field(False, description="history embeddings share the output item table")
     item_bias: bool = True
     feature_dim: int = Field(16, ge=1, le=4096, description="embedding width of each categorical user feature")
@@ -173,6 +181,17 @@ class TrainConfig(_Section):
         False, description="op determinism + negatives drawn from (seed, step): a killed and resumed run ends "
         "with exactly the weights of an uninterrupted one (no learned_unigram)"
     )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: decay from learning_rate to 0 over epochs × batches per epoch "
+        "(driven by the optimizer's step, which the checkpoint holds, so a resumed run continues it)")
+    warmup_steps: int = Field(0, ge=0, description="cosine only: rise linearly from 0 to learning_rate first")
+
+    @model_validator(mode="after")
+    def _warmup_needs_cosine(self) -> TrainConfig:
+        if self.warmup_steps and self.lr_schedule != "cosine":
+            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) needs train.lr_schedule=cosine; "
+                             "set it, or set train.warmup_steps=0")
+        return self
 
 
 class EvalConfig(_Section):

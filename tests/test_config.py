@@ -310,3 +310,46 @@ def test_remove_accidental_hits_auto_follows_a_later_kind_and_keeps_the_default_
 def test_in_batch_refuses_keeping_accidental_hits(kind, sampler):
     with pytest.raises(RecallError, match="remove_accidental_hits must be true"):
         load_config(None, [f"loss.kind={kind}", f"loss.sampler={sampler}", "loss.remove_accidental_hits=false"])
+
+
+# --- model.transformer* and train.lr_schedule ---------------------------------------------------------
+
+
+def test_new_features_default_off():
+    cfg = Config()
+    assert cfg.model.transformer == 0 and cfg.train.lr_schedule == "constant" and cfg.train.warmup_steps == 0
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("model.transformer=-1", "model.transformer:"),
+        ("model.transformer_blocks=0", "model.transformer_blocks:"),
+        ("model.transformer_heads=0", "model.transformer_heads:"),
+        ("model.transformer_dropout=1.0", "model.transformer_dropout:"),
+        ("train.lr_schedule=linear", "train.lr_schedule:"),
+        ("train.warmup_steps=-5", "train.warmup_steps:"),
+    ],
+)
+def test_transformer_and_schedule_fields_are_validated(override, needle):
+    msg = error_of(None, [override])
+    assert needle in msg and "\n" not in msg
+
+
+def test_transformer_window_cannot_exceed_the_history():
+    msg = error_of(None, ["model.max_history=10", "model.transformer=20"])
+    assert "model.transformer (20) cannot exceed model.max_history (10)" in msg
+
+
+def test_transformer_heads_must_divide_dim():
+    msg = error_of(None, ["model.dim=64", "model.transformer=20", "model.transformer_heads=3"])
+    assert "model.transformer_heads" in msg and "model.dim" in msg
+    # Heads are irrelevant while the transformer is off.
+    assert load_config(None, ["model.transformer_heads=3"]).model.transformer == 0
+
+
+def test_warmup_needs_the_cosine_schedule():
+    msg = error_of(None, ["train.warmup_steps=100"])
+    assert "train.warmup_steps (100) needs train.lr_schedule=cosine" in msg
+    cfg = load_config(None, ["train.warmup_steps=100", "train.lr_schedule=cosine", "model.transformer=20"])
+    assert (cfg.train.warmup_steps, cfg.model.transformer, cfg.model.transformer_blocks) == (100, 20, 2)

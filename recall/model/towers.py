@@ -12,6 +12,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from recall.model.transformer import SelfAttentionEncoder
+
 
 def _backing(var) -> tf.Variable:
     """The `tf.Variable` behind a Keras 3 variable (itself for a `tf.Variable`)."""
@@ -76,6 +78,11 @@ class UserTower(keras.layers.Layer):
       history        int32 [batch, max_history]  internal ids, right-aligned, < 0 = padding
       age            float32 [batch]             example age (0 at serving time); ignored unless example_age
       user_features  int32 [batch, F]            per-feature codes, 0 = unknown; only when F > 0
+
+    Parts fed to the MLP: the history mean, and optionally the recent mean + latest item (`recent`),
+    the last items in slots (`last_items`), attention pooling (`attention`), a GRU over the last
+    `gru` items, and a SASRec-style self-attention encoder over the last `transformer` items
+    (`transformer_blocks` blocks, `transformer_heads` heads; recall/model/transformer.py).
     """
 
     def __init__(
@@ -90,6 +97,10 @@ class UserTower(keras.layers.Layer):
         last_items: int = 0,
         attention: bool = False,
         gru: int = 0,
+        transformer: int = 0,
+        transformer_blocks: int = 2,
+        transformer_heads: int = 1,
+        transformer_dropout: float = 0.2,
         example_age: bool = True,
         dropout: float = 0.0,
         normalize: bool = False,
@@ -108,6 +119,10 @@ class UserTower(keras.layers.Layer):
         self.last_items = last_items
         self.attention = attention
         self.gru_window = gru
+        self.transformer_window = transformer
+        self.transformer_blocks = transformer_blocks
+        self.transformer_heads = transformer_heads
+        self.transformer_dropout = transformer_dropout
         self.example_age = example_age
         self.dropout_rate = dropout
         self.normalize = normalize
@@ -135,6 +150,11 @@ class UserTower(keras.layers.Layer):
         if gru:
             # A GRU over the last `gru` items (GRU4Rec-style): order and short-term dynamics.
             self.sequence = keras.layers.GRU(dim, name="sequence")
+        if transformer:
+            # SASRec-style self-attention over the last `transformer` items; its latest position is
+            # one more part beside the pools (recall/model/transformer.py).
+            self.encoder = SelfAttentionEncoder(transformer, dim, transformer_blocks, transformer_heads,
+                                                transformer_dropout, name="encoder")
         if attention:
             # Attention pooling: the latest item asks which history items matter; positions are learned.
             self.position_embeddings = self.add_weight(shape=(max_history, dim), initializer="zeros",
@@ -183,7 +203,8 @@ class UserTower(keras.layers.Layer):
         parts = [self._mean_of_history(history)]
         # History is right-aligned, so the last columns are the most recent items; only the window
         # the recency features need is gathered per position.
-        window = max(self.recent, self.last_items, self.gru_window, self.max_history if self.attention else 0)
+        window = max(self.recent, self.last_items, self.gru_window, self.transformer_window,
+                     self.max_history if self.attention else 0)
         if window:
             emb, mask = self._embed_history(history[:, -window:])
         if self.recent > 0:
@@ -198,6 +219,9 @@ class UserTower(keras.layers.Layer):
             # Right-aligned padding sits before the items, so a masked GRU simply skips it.
             w = self.gru_window
             parts.append(self.sequence(emb[:, -w:], mask=mask[:, -w:, 0] > 0))
+        if self.transformer_window:
+            w = self.transformer_window
+            parts.append(self.encoder(emb[:, -w:], mask[:, -w:], training=training))
         for i, layer in enumerate(self.feature_embeddings):
             parts.append(layer(inputs["user_features"][:, i]))
         if self.example_age:
@@ -218,5 +242,8 @@ class UserTower(keras.layers.Layer):
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim, "hidden": self.hidden,
                 "max_history": self.max_history, "feature_sizes": self.feature_sizes,
                 "feature_dim": self.feature_dim, "recent": self.recent, "last_items": self.last_items,
-                "attention": self.attention, "gru": self.gru_window, "example_age": self.example_age,
+                "attention": self.attention, "gru": self.gru_window,
+                "transformer": self.transformer_window, "transformer_blocks": self.transformer_blocks,
+                "transformer_heads": self.transformer_heads, "transformer_dropout": self.transformer_dropout,
+                "example_age": self.example_age,
                 "dropout": self.dropout_rate, "normalize": self.normalize, "temperature": self.temperature}

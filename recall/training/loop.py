@@ -52,7 +52,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
                                batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha,
                                stateless=tc.deterministic)
     variables = trainable_variables(user, items)
-    optimizer = make_optimizer(tc.optimizer, tc.learning_rate)
+    planned_steps = tc.epochs * math.ceil(len(data.examples) / tc.batch_size)
+    optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps)
     optimizer.build(variables)
     loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits)
     batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)

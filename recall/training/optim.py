@@ -71,10 +71,14 @@ class _RowwiseOptimizer(tf.Module):
 
     slot_names: tuple[str, ...] = ()
 
-    def __init__(self, learning_rate: float, name: str):
+    def __init__(self, learning_rate, name: str):
         super().__init__(name=name)
+        # A float, or a schedule of the step (e.g. a Keras LearningRateSchedule): called with
+        # `iterations` each step, so a restored step counter resumes the schedule where it was.
+        self._schedule = self._no_dependency(learning_rate if callable(learning_rate) else None)
+        initial = 0.0 if self._schedule is not None else float(learning_rate)
         # Not part of the checkpoint (as with a config value): a resumed run uses the configured rate.
-        self._lr = self._no_dependency(tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32,
+        self._lr = self._no_dependency(tf.Variable(initial, trainable=False, dtype=tf.float32,
                                                    name="learning_rate"))
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.slots: dict[str, list[tf.Variable]] = {}  # slot name → one variable per model variable
@@ -83,12 +87,20 @@ class _RowwiseOptimizer(tf.Module):
         self.built = False
 
     @property
-    def learning_rate(self) -> tf.Variable:
-        return self._lr
+    def learning_rate(self):
+        """The rate of the next step: the variable, or the schedule's value at `iterations`."""
+        return self._current_lr()
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
+        if self._schedule is not None:
+            raise ValueError("this optimizer follows a learning-rate schedule; its rate cannot be set")
         self._lr.assign(float(value))
+
+    def _current_lr(self) -> tf.Tensor:
+        if self._schedule is None:
+            return tf.identity(self._lr)
+        return tf.cast(self._schedule(self.iterations), tf.float32)
 
     def _slot_initial(self, var: tf.Variable, slot: str) -> float:
         return 0.0
@@ -133,7 +145,7 @@ class _RowwiseOptimizer(tf.Module):
 
     def _prepare_step(self) -> dict:
         """This step's scalars (learning rate, bias correction), computed once for all variables."""
-        return {"lr": tf.identity(self._lr)}
+        return {"lr": self._current_lr()}
 
     def _dense_update(self, var, slots, grad, hyper) -> None:
         raise NotImplementedError
@@ -161,7 +173,7 @@ class LazyAdam(_RowwiseOptimizer):
 
     def _prepare_step(self) -> dict:
         t = tf.cast(self.iterations + 1, tf.float32)
-        return {"alpha": self._lr * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t))}
+        return {"alpha": self._current_lr() * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t))}
 
     def _dense_update(self, var, slots, grad, hyper) -> None:
         m, v = slots["m"], slots["v"]
