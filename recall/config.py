@@ -200,6 +200,10 @@ class EvalConfig(_Section):
     query_age: Literal["zero", "last_event"] = Field(
         "zero", description="example age fed to evaluation queries: 0 (as served live) or that of the query's last event"
     )
+    index_recall_queries: int = Field(
+        10000, ge=1, description="an approximate index's recall against exact search is measured on at most this "
+        "many test queries (a fixed random sample): exact search is what the index exists to avoid"
+    )
 
     @model_validator(mode="after")
     def _ks_positive(self) -> EvalConfig:

@@ -229,7 +229,8 @@ def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
                    "train_interactions": int(data.split.train_indptr[-1]), "examples": len(data.examples)}
     # Index recall against exact search (approximate factories) and queries/s, on the test queries.
     out["index"] = {"factory": ix.factory,
-                    **evaluate_index(index, vectors, vectors_of["test"], data.test.seen, ks, batch_size=bs)}
+                    **evaluate_index(index, vectors, vectors_of["test"], data.test.seen, ks, batch_size=bs,
+                                    max_queries=cfg.eval.index_recall_queries)}
     return out
 
 

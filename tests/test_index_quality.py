@@ -76,3 +76,21 @@ def test_hnsw_search_params_and_mismatched_indexes(gaussian):
     assert search_params(hnsw) == {"ef_search": 40}
     with pytest.raises(ValueError, match="same vectors"):
         index_quality(hnsw, exact, queries, None, [10])
+
+
+def test_evaluate_index_samples_queries_for_an_approximate_index(gaussian):
+    """With max_queries, an approximate index is compared with exact search on a fixed random
+    sample of the queries (their seen items carried along): the same number as index_quality on
+    exactly those rows. An exact index is never sampled."""
+    from recall.evaluation.model_eval import evaluate_index
+
+    items, queries, seen, exact = gaussian
+    ivf = build_index(items, "IVF64,Flat", nprobe=2, seed=0)
+    sampled = evaluate_index(ivf, items, queries, seen, [10, 50], max_queries=100)
+    assert sampled["queries"] == 100 and not sampled["exact"]
+    rows = np.sort(np.random.default_rng(0).choice(300, 100, replace=False))
+    sub_seen = to_csr([seen[1][seen[0][r]:seen[0][r + 1]] for r in rows])
+    by_hand = index_quality(ivf, exact, queries[rows], sub_seen, [10, 50])
+    assert sampled["recall@10"] == by_hand["recall@10"] and sampled["recall@50"] == by_hand["recall@50"]
+    assert evaluate_index(ivf, items, queries, seen, [10], max_queries=1000)["queries"] == 300
+    assert evaluate_index(exact, items, queries, seen, [10], max_queries=100)["queries"] == 300

@@ -80,14 +80,24 @@ def evaluate_towers(user_tower, item_tower, queries: Queries, user_codes: np.nda
                             item_counts=item_counts)
 
 
-def evaluate_index(index, items: np.ndarray, q: np.ndarray, seen, ks: list[int], batch_size: int = 4096) -> dict:
+def evaluate_index(index, items: np.ndarray, q: np.ndarray, seen, ks: list[int], batch_size: int = 4096,
+                   max_queries: int | None = None) -> dict:
     """The index's search parameters, queries/s and — unless it is exact — its recall@K against Flat.
 
-    index over `items` [N, d]; q [Q, d] query vectors; seen the queries' history CSR. Returns
+    index over `items` [N, d]; q [Q, d] query vectors; seen the queries' history CSR. For an
+    approximate index at most `max_queries` of them (a fixed random sample) are searched: exact
+    search over every query can take far longer than the evaluation itself. Returns
     {"exact": bool, "nprobe"/"nlist"/"ef_search" when they apply, "qps", "queries", and for an
     approximate index "recall@K" for every K and "exact_qps"} (see index_quality).
     """
     exact = is_exact(index)
+    if not exact and max_queries is not None and len(q) > max_queries:
+        rows = np.sort(np.random.default_rng(0).choice(len(q), max_queries, replace=False))
+        indptr, indices = seen
+        starts, ends = indptr[rows], indptr[rows + 1]
+        sub_indptr = np.concatenate([[0], np.cumsum(ends - starts)])
+        sub_indices = np.concatenate([indices[a:b] for a, b in zip(starts, ends)]) if len(rows) else indices[:0]
+        q, seen = q[rows], (sub_indptr, sub_indices)
     reference = index if exact else build_index(items, "Flat")
     quality = index_quality(index, reference, q, seen, ks, batch_size=batch_size)
     if exact:  # recall against itself is 1.0 by construction: keep only the speed
