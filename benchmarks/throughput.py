@@ -13,7 +13,8 @@ Sections (`--only ml1m,scaling,input,eval`):
   plus the test HR@10/50 the run reached (a bigger batch must keep the quality) and the per-step
   cost of the loop's input work (in-graph gathering, timed alone) as a share of the step. Cases:
   (a) the DeepMatch shape: configs/ml-1m.yaml with dim 32, MLP [64], 255 shared log-uniform
-  negatives, history 50, no GRU, no recency or user features, at each `--ml1m-batches` size;
+  negatives, history 50, no GRU, no recency or user features, one thread per op
+  (`train.intra_op_threads=1`: its ops are small), at each `--ml1m-batches` size;
   (b) the shipped configs/ml-1m.yaml (its own batch size). Once per optimiser in `--optimizers`.
 - **scaling** — the median step time and the process's peak RSS at 10k, 100k, 1M items (and 10M
   with `--big`); steps run `train.steps_per_execution` per compiled call (`make_train_block`, as in
@@ -61,7 +62,7 @@ ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
 # The DeepMatch YoutubeDNN shape from the speed issue, as overrides of configs/ml-1m.yaml.
 DEEPMATCH = ["model.dim=32", "model.hidden=[64]", "loss.num_sampled=255", "loss.sampler=log_uniform",
              "model.max_history=50", "model.recent=0", "model.gru=0", "model.tie_embeddings=false",
-             "data.user_features=null"]
+             "data.user_features=null", "train.intra_op_threads=1"]
 
 
 # --- helpers -------------------------------------------------------------------------------------

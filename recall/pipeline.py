@@ -198,6 +198,7 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
 
     with run_dir_lock(run_dir):
         write_text(run_dir / "config.yaml", dump_config(cfg))
+        _set_threads(cfg.train.intra_op_threads, cfg.train.inter_op_threads)
         user, items = build_model(cfg, s.num_items, data.features.sizes)
         summary = fit(cfg, data, user, items, run_dir)
         metrics = _final_metrics(cfg, data, user, items, summary)
@@ -206,6 +207,26 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
         write_report(run_dir, metrics)
         export_bundle(cfg, data, user, items, run_dir / "export")
     return metrics
+
+
+def _set_threads(intra: int | None, inter: int | None) -> None:
+    """Apply train.intra_op_threads / inter_op_threads. TF fixes its thread pools when it first runs
+    an op, so in a process that already ran TensorFlow (the Python API after other TF work) the
+    setting cannot take effect: that is said, and training goes on with the pools TF has."""
+    import tensorflow as tf
+
+    for value, current, setter, name in (
+            (intra, tf.config.threading.get_intra_op_parallelism_threads,
+             tf.config.threading.set_intra_op_parallelism_threads, "intra_op_threads"),
+            (inter, tf.config.threading.get_inter_op_parallelism_threads,
+             tf.config.threading.set_inter_op_parallelism_threads, "inter_op_threads")):
+        if value is None or current() == value:
+            continue
+        try:
+            setter(value)
+        except RuntimeError:
+            log.warning("train.%s=%d not applied: TensorFlow already started its thread pools in this process "
+                        "(set it before any TensorFlow work, or use the CLI)", name, value)
 
 
 def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
