@@ -62,7 +62,8 @@ ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
 # The DeepMatch YoutubeDNN shape from the speed issue, as overrides of configs/ml-1m.yaml.
 DEEPMATCH = ["model.dim=32", "model.hidden=[64]", "loss.num_sampled=255", "loss.sampler=log_uniform",
              "model.max_history=50", "model.recent=0", "model.gru=0", "model.tie_embeddings=false",
-             "data.user_features=null", "train.intra_op_threads=1"]
+             "model.dropout=0", "train.lr_schedule=constant", "data.user_features=null",
+             "train.intra_op_threads=1"]
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -178,8 +178,8 @@ class TrainConfig(_Section):
         "same updates, same order)"
     )
     deterministic: bool = Field(
-        False, description="op determinism + negatives drawn from (seed, step): a killed and resumed run ends "
-        "with exactly the weights of an uninterrupted one (no learned_unigram)"
+        False, description="TensorFlow op determinism: with negatives already drawn from (seed, step), a killed and "
+        "resumed run ends with exactly the weights of an uninterrupted one (no learned_unigram)"
     )
     intra_op_threads: int | None = Field(
         None, ge=1, le=1024, description="threads one TensorFlow op may use (None = TF's default, all cores); 1 "

@@ -450,3 +450,15 @@ def test_early_stopping_when_validation_does_not_improve(small_log, tmp_path):
     again = recall.train(_config(small_log, *overrides), run_dir)
     assert again["train"]["steps"] == t["steps"] and again["train"]["stopped_early"] is True
     assert len(json.loads((run_dir / "history.json").read_text())["epochs"]) == 2
+
+
+def test_steps_per_execution_changes_nothing_but_speed(small_log, tmp_path):
+    """K steps per compiled call draw the same negatives and apply the same updates as one per call
+    (each step's negatives are keyed on its global step: K unrolled copies of a stateful TF sampler
+    op would share one seed and draw the same negatives K times)."""
+    common = ("train.epochs=1", "train.early_stopping=null", "loss.sampler=log_uniform")
+    one = recall.train(_config(small_log, *common, "train.steps_per_execution=1"), tmp_path / "one")
+    four = recall.train(_config(small_log, *common, "train.steps_per_execution=4"), tmp_path / "four")
+    assert one["test"]["filtered"] == four["test"]["filtered"]
+    np.testing.assert_allclose(np.load(tmp_path / "one" / "export" / "item_vectors.npy"),
+                               np.load(tmp_path / "four" / "export" / "item_vectors.npy"), rtol=1e-5, atol=1e-6)

@@ -6,8 +6,8 @@ without improvement, the streaming sampler's estimate, dropout seed states — l
 `tf.train.Checkpoint`; the epoch's example order is a pure function of (seed, epoch), so resuming
 mid-epoch replays the same order and skips what was done. Steps run `train.steps_per_execution` at
 a time inside one compiled call (training/step.py); a step's negatives are keyed on its global step
-when `train.deterministic` is on, which with op determinism makes a resumed run bit-identical to an
-uninterrupted one (tests/test_resume.py kills a run with SIGKILL to check it).
+(stateless samplers), which with `train.deterministic` (op determinism) makes a resumed run
+bit-identical to an uninterrupted one (tests/test_resume.py kills a run with SIGKILL to check it).
 """
 
 from __future__ import annotations
@@ -44,13 +44,23 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     tf.random.set_seed(cfg.seed)
     num_items = data.split.num_items
     sampler = None
+    steps_per_block = tc.steps_per_execution
     if lc.kind != "full_softmax":
+        # Negatives come from the stateless samplers (training/stateless.py), keyed on (seed, step):
+        # TF's sampler ops keep their stream inside the op, and the K unrolled copies of the step in
+        # a block (training/step.py) would be K ops with the same seed drawing the same negatives.
+        # learned_unigram has no stateless twin (its counts live in TF's op): one step per call.
+        learned = lc.sampler == "learned_unigram" or (lc.sampler == "mixed" and lc.mixed_base == "learned_unigram")
+        if learned and steps_per_block > 1:
+            log.info("learned_unigram: one step per compiled call (train.steps_per_execution=%d ignored)",
+                     steps_per_block)
+            steps_per_block = 1
         # NEG is NCE without the log Q term: its sampler reports expected counts of 1.
         sampler = make_sampler(lc.sampler, lc.num_sampled, num_items, lc.unique, data.split.item_counts,
                                lc.distortion, lc.logq_correction and lc.kind != "neg", seed=cfg.seed,
                                mixed_base=lc.mixed_base, streaming=lc.frequency == "streaming",
                                batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha,
-                               stateless=tc.deterministic)
+                               stateless=not learned)
     variables = trainable_variables(user, items)
     planned_steps = tc.epochs * math.ceil(len(data.examples) / tc.batch_size)
     optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps)
@@ -113,7 +123,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         running = float(state["running_loss"]) if done else math.nan
         loss_sum = float(state["epoch_loss_sum"]) if done else 0.0
         step = int(state["step"])
-        for idx in epoch_blocks(order, tc.batch_size, done, tc.steps_per_execution, step, every):
+        for idx in epoch_blocks(order, tc.batch_size, done, steps_per_block, step, every):
             k = idx.shape[0]
             losses = train_block(tf.constant(idx), tf.constant(step, tf.int64)).numpy()
             for loss in losses.tolist():
