@@ -205,7 +205,7 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
     rss0 = current_rss_bytes()
     t0 = time.perf_counter()
     user, items = build_model(cfg, num_items, [])
-    sampler = make_sampler("log_uniform", num_sampled, num_items, True, seed=seed)
+    sampler = make_sampler("log_uniform", num_sampled, num_items, True, seed=seed, stateless=True)
     variables = trainable_variables(user, items)
     opt = make_optimizer(optimizer, cfg.train.learning_rate)
     opt.build(variables)

@@ -23,12 +23,15 @@ SMALL = ["model.dim=16", "model.hidden=[32]", "model.max_history=10", "loss.num_
          "eval.ks=[10,20]", "train.early_stopping=null"]
 SEQUENCE = ["model.transformer=6", "model.transformer_heads=2", "model.tie_embeddings=true",
             "train.lr_schedule=cosine", "train.warmup_steps=3"]
+# The shipped ML-1M shape: a GRU over the recent items, dropout, cosine schedule.
+GRU = ["model.gru=6", "model.tie_embeddings=true", "model.dropout=0.3", "train.lr_schedule=cosine"]
 
 
-def test_transformer_with_cosine_trains_resumes_exports_and_serves(tmp_path):
+@pytest.mark.parametrize("options", [SEQUENCE, GRU], ids=["transformer", "gru"])
+def test_sequence_towers_train_resume_export_and_serve(tmp_path, options):
     log = tmp_path / "log.parquet"
     synthesize(num_users=150, num_items=50, interactions_per_user=10, num_topics=5, seed=3).to_parquet(log)
-    base = ["data.source=file", f"data.path={log}", *SMALL, *SEQUENCE]
+    base = ["data.source=file", f"data.path={log}", *SMALL, *options]
     run_dir = tmp_path / "run"
     first = recall.train(recall.load_config(None, [*base, "train.epochs=1"]), run_dir)
     # Resuming re-plans the schedule over the new epochs; the restored step counter places the run on it.
@@ -38,7 +41,7 @@ def test_transformer_with_cosine_trains_resumes_exports_and_serves(tmp_path):
     assert np.isfinite(json.loads((run_dir / "history.json").read_text())["epochs"][-1]["loss"])
 
     cfg, data, user, items = load_run(run_dir)
-    assert cfg.model.transformer == 6
+    assert (cfg.model.transformer, cfg.model.gru) == ((6, 0) if options is SEQUENCE else (0, 6))
     history = data.test.history[:6]  # int32 [6, M] internal ids, right-aligned
     u = user({"history": tf.constant(history), "age": tf.zeros([len(history)]),
               "user_features": tf.zeros([len(history), 0], tf.int32)}, training=False).numpy()

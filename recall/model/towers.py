@@ -149,8 +149,9 @@ class UserTower(keras.layers.Layer):
         self.out = keras.layers.Dense(dim, name="output")
         if gru:
             # A GRU over the last `gru` items (GRU4Rec-style): order and short-term dynamics.
-            # Unrolled over the (static) window: the same GRU, ~10-20 % faster on CPU than its while loop.
-            self.sequence = keras.layers.GRU(dim, unroll=True, name="sequence")
+            # (Not unrolled: the exported tower takes histories of any length, so the time axis is
+            # not static there.)
+            self.sequence = keras.layers.GRU(dim, name="sequence")
         if transformer:
             # SASRec-style self-attention over the last `transformer` items; its latest position is
             # one more part beside the pools (recall/model/transformer.py).
