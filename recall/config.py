@@ -151,6 +151,13 @@ class LossConfig(_Section):
             )
         return self
 
+    @property
+    def uses_learned_unigram(self) -> bool:
+        """True when negatives come from TF's learned-unigram op (itself or as the mixed base): it
+        keeps its counts inside the op, so it has no stateless (seed, step)-keyed twin."""
+        return self.kind != "full_softmax" and (
+            self.sampler == "learned_unigram" or (self.sampler == "mixed" and self.mixed_base == "learned_unigram"))
+
 
 class EarlyStoppingConfig(_Section):
     metric: str = Field("hr@50", pattern=r"^(hr|ndcg)@\d+$")
@@ -183,7 +190,7 @@ class TrainConfig(_Section):
     )
     intra_op_threads: int | None = Field(
         None, ge=1, le=1024, description="threads one TensorFlow op may use (None = TF's default, all cores); 1 "
-        "runs the small ops of a retrieval step faster on few cores (DeepMatch shape, 2 cores: 147k vs 120k ex/s)"
+        "runs the small ops of a retrieval step faster on few cores (benchmarks/RESULTS.md, issue 6)"
     )
     inter_op_threads: int | None = Field(None, ge=1, le=1024, description="ops TensorFlow may run at once (None = TF's default)")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -250,10 +257,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _deterministic_sampler(self) -> Config:
-        lc = self.loss
-        uses_learned = lc.kind != "full_softmax" and (
-            lc.sampler == "learned_unigram" or (lc.sampler == "mixed" and lc.mixed_base == "learned_unigram"))
-        if self.train.deterministic and uses_learned:
+        if self.train.deterministic and self.loss.uses_learned_unigram:
             raise ValueError(
                 "train.deterministic: learned_unigram keeps its counts inside TensorFlow's op, so a resumed run "
                 "cannot replay it; use loss.sampler (or loss.mixed_base) unigram, or train.deterministic=false"

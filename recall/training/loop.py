@@ -50,7 +50,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         # TF's sampler ops keep their stream inside the op, and the K unrolled copies of the step in
         # a block (training/step.py) would be K ops with the same seed drawing the same negatives.
         # learned_unigram has no stateless twin (its counts live in TF's op): one step per call.
-        learned = lc.sampler == "learned_unigram" or (lc.sampler == "mixed" and lc.mixed_base == "learned_unigram")
+        learned = lc.uses_learned_unigram
         if learned and steps_per_block > 1:
             log.info("learned_unigram: one step per compiled call (train.steps_per_execution=%d ignored)",
                      steps_per_block)
@@ -136,19 +136,16 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
                     history["loss"].append([step, running])
             done += k
             ex0 += idx.size
-            state["step"].assign(step)
-            state["epoch_batches"].assign(done)
-            state["running_loss"].assign(running)
-            state["epoch_loss_sum"].assign(loss_sum)
             bar.update(k)
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{ex0 / (time.perf_counter() - t0):,.0f}", refresh=False)
             if every and step % every == 0:
-                epoch_seconds, epoch_examples = epoch_seconds + time.perf_counter() - t0, epoch_examples + ex0
-                _save(manager, state, t0, ex0, history, history_path)
+                _sync(state, step, done, running, loss_sum)
+                seconds = _save(manager, state, t0, ex0, history, history_path)
+                epoch_seconds, epoch_examples = epoch_seconds + seconds, epoch_examples + ex0
                 t0, ex0 = time.perf_counter(), 0
         bar.close()
-        epoch_seconds, epoch_examples = epoch_seconds + time.perf_counter() - t0, epoch_examples + ex0
-        _account(state, t0, ex0)
+        _sync(state, step, done, running, loss_sum)
+        epoch_seconds, epoch_examples = epoch_seconds + _account(state, t0, ex0), epoch_examples + ex0
         # --- validate, keep the best, maybe stop ----------------------------------------------
         valid = evaluate_towers(user, items, data.valid, data.features.codes, cfg.eval.ks, cfg.index.factory,
                                 cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size,
@@ -199,15 +196,29 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     }
 
 
-def _account(state: dict, t0: float | None, examples: int) -> None:
-    if t0 is not None:
-        state["train_seconds"].assign_add(time.perf_counter() - t0)
-        state["examples_seen"].assign_add(examples)
+def _sync(state: dict, step: int, done: int, running: float, loss_sum: float) -> None:
+    """Copy the loop's position into the checkpointed variables (only read when saving or after the epoch)."""
+    state["step"].assign(step)
+    state["epoch_batches"].assign(done)
+    state["running_loss"].assign(running)
+    state["epoch_loss_sum"].assign(loss_sum)
 
 
-def _save(manager, state, t0, examples, history, history_path) -> None:
-    _account(state, t0, examples)
+def _account(state: dict, t0: float | None, examples: int) -> float:
+    """Add the training time since `t0` and its examples to the run's totals; returns those seconds."""
+    if t0 is None:
+        return 0.0
+    seconds = time.perf_counter() - t0
+    state["train_seconds"].assign_add(seconds)
+    state["examples_seen"].assign_add(examples)
+    return seconds
+
+
+def _save(manager, state, t0, examples, history, history_path) -> float:
+    """Account the time since `t0`, write history.json, then the checkpoint; returns the seconds accounted."""
+    seconds = _account(state, t0, examples)
     # History first: a kill between the two leaves it ahead of the checkpoint, and a resumed run
     # trims it back (the other order would lose the entries since the previous checkpoint).
     write_json(history_path, history)
     manager.save(checkpoint_number=int(state["step"]))
+    return seconds

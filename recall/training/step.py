@@ -67,8 +67,8 @@ def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int):
 
     The K steps are unrolled in the graph (one trace per block shape; the loop uses three), not a
     `tf.while_loop`: inside a while loop every gather from a table that has been updated row-wise
-    (TF then keeps it in copy-on-read mode) costs a copy of the whole table — measured 54 ms per step
-    at 1M items against 21 ms unrolled.
+    (TF then keeps it in copy-on-read mode) costs a copy of the whole table — a scratch timing gave
+    54 ms per step at 1M items against 21 ms unrolled (benchmarks/RESULTS.md).
     """
 
     @tf.function
