@@ -81,7 +81,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> ModelConfig:
-        for name in ("recent", "last_items", "gru", "transformer"):
+        for name in ("recent", "last_items", "gru", "min_gru", "transformer"):
             if getattr(self, name) > self.max_history:
                 raise ValueError(f"model.{name} ({getattr(self, name)}) cannot exceed model.max_history ({self.max_history})")
         if self.transformer and self.dim % self.transformer_heads:
@@ -99,6 +99,8 @@ class ModelConfig(_Section):
     last_items: int = Field(0, ge=0, description="feed the last n history items each in its own slot (order-aware)")
     attention: bool = Field(False, description="attention pooling over the history, latest item as the query")
     gru: int = Field(0, ge=0, description="encode the last n history items with a GRU (0 = off)")
+    min_gru: int = Field(0, ge=0, description="encode the last n history items with a minGRU: gates from each "
+                         "item alone, computed in parallel — one matmul instead of n GRU steps (0 = off)")
     transformer: int = Field(
         0, ge=0, description="encode the last n history items with SASRec-style self-attention (0 = off)")
     transformer_blocks: int = Field(2, ge=1, le=64, description="self-attention blocks (with model.transformer)")

@@ -25,9 +25,11 @@ SEQUENCE = ["model.transformer=6", "model.transformer_heads=2", "model.tie_embed
             "train.lr_schedule=cosine", "train.warmup_steps=3"]
 # The shipped ML-1M shape: a GRU over the recent items, dropout, cosine schedule.
 GRU = ["model.gru=6", "model.tie_embeddings=true", "model.dropout=0.3", "train.lr_schedule=cosine"]
+# The parallel minGRU in its place (the exported tower must take histories of any length).
+MIN_GRU = ["model.min_gru=6", "model.tie_embeddings=true", "model.dropout=0.3", "train.lr_schedule=cosine"]
 
 
-@pytest.mark.parametrize("options", [SEQUENCE, GRU], ids=["transformer", "gru"])
+@pytest.mark.parametrize("options", [SEQUENCE, GRU, MIN_GRU], ids=["transformer", "gru", "min_gru"])
 def test_sequence_towers_train_resume_export_and_serve(tmp_path, options):
     log = tmp_path / "log.parquet"
     synthesize(num_users=150, num_items=50, interactions_per_user=10, num_topics=5, seed=3).to_parquet(log)
@@ -41,7 +43,8 @@ def test_sequence_towers_train_resume_export_and_serve(tmp_path, options):
     assert np.isfinite(json.loads((run_dir / "history.json").read_text())["epochs"][-1]["loss"])
 
     cfg, data, user, items = load_run(run_dir)
-    assert (cfg.model.transformer, cfg.model.gru) == ((6, 0) if options is SEQUENCE else (0, 6))
+    expected = {id(SEQUENCE): (6, 0, 0), id(GRU): (0, 6, 0), id(MIN_GRU): (0, 0, 6)}[id(options)]
+    assert (cfg.model.transformer, cfg.model.gru, cfg.model.min_gru) == expected
     history = data.test.history[:6]  # int32 [6, M] internal ids, right-aligned
     u = user({"history": tf.constant(history), "age": tf.zeros([len(history)]),
               "user_features": tf.zeros([len(history), 0], tf.int32)}, training=False).numpy()

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from recall.model.min_gru import MinGRU
 from recall.model.transformer import SelfAttentionEncoder
 
 
@@ -81,7 +82,7 @@ class UserTower(keras.layers.Layer):
 
     Parts fed to the MLP: the history mean, and optionally the recent mean + latest item (`recent`),
     the last items in slots (`last_items`), attention pooling (`attention`), a GRU over the last
-    `gru` items, and a SASRec-style self-attention encoder over the last `transformer` items
+    `gru` items, a minGRU over the last `min_gru` items (parallel, recall/model/min_gru.py), and a SASRec-style self-attention encoder over the last `transformer` items
     (`transformer_blocks` blocks, `transformer_heads` heads; recall/model/transformer.py).
     """
 
@@ -97,6 +98,7 @@ class UserTower(keras.layers.Layer):
         last_items: int = 0,
         attention: bool = False,
         gru: int = 0,
+        min_gru: int = 0,
         transformer: int = 0,
         transformer_blocks: int = 2,
         transformer_heads: int = 1,
@@ -119,6 +121,7 @@ class UserTower(keras.layers.Layer):
         self.last_items = last_items
         self.attention = attention
         self.gru_window = gru
+        self.min_gru_window = min_gru
         self.transformer_window = transformer
         self.transformer_blocks = transformer_blocks
         self.transformer_heads = transformer_heads
@@ -152,6 +155,9 @@ class UserTower(keras.layers.Layer):
             # (Not unrolled: the exported tower takes histories of any length, so the time axis is
             # not static there.)
             self.sequence = keras.layers.GRU(dim, name="sequence")
+        if min_gru:
+            # The same recurrence shape without h_{t-1} in the gates: one matmul, no sequential loop.
+            self.min_gru = MinGRU(dim, name="min_gru")
         if transformer:
             # SASRec-style self-attention over the last `transformer` items; its latest position is
             # one more part beside the pools (recall/model/transformer.py).
@@ -205,7 +211,7 @@ class UserTower(keras.layers.Layer):
         parts = [self._mean_of_history(history)]
         # History is right-aligned, so the last columns are the most recent items; only the window
         # the recency features need is gathered per position.
-        window = max(self.recent, self.last_items, self.gru_window, self.transformer_window,
+        window = max(self.recent, self.last_items, self.gru_window, self.min_gru_window, self.transformer_window,
                      self.max_history if self.attention else 0)
         if window:
             emb, mask = self._embed_history(history[:, -window:])
@@ -221,6 +227,9 @@ class UserTower(keras.layers.Layer):
             # Right-aligned padding sits before the items, so a masked GRU simply skips it.
             w = self.gru_window
             parts.append(self.sequence(emb[:, -w:], mask=mask[:, -w:, 0] > 0))
+        if self.min_gru_window:
+            w = self.min_gru_window
+            parts.append(self.min_gru(emb[:, -w:], mask[:, -w:]))
         if self.transformer_window:
             w = self.transformer_window
             parts.append(self.encoder(emb[:, -w:], mask[:, -w:], training=training))
@@ -244,7 +253,7 @@ class UserTower(keras.layers.Layer):
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim, "hidden": self.hidden,
                 "max_history": self.max_history, "feature_sizes": self.feature_sizes,
                 "feature_dim": self.feature_dim, "recent": self.recent, "last_items": self.last_items,
-                "attention": self.attention, "gru": self.gru_window,
+                "attention": self.attention, "gru": self.gru_window, "min_gru": self.min_gru_window,
                 "transformer": self.transformer_window, "transformer_blocks": self.transformer_blocks,
                 "transformer_heads": self.transformer_heads, "transformer_dropout": self.transformer_dropout,
                 "example_age": self.example_age,
