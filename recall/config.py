@@ -84,6 +84,9 @@ class ModelConfig(_Section):
         for name in ("recent", "last_items", "gru", "min_gru", "transformer"):
             if getattr(self, name) > self.max_history:
                 raise ValueError(f"model.{name} ({getattr(self, name)}) cannot exceed model.max_history ({self.max_history})")
+        if self.min_gru_heads is not None and self.dim % self.min_gru_heads:
+            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.min_gru_heads "
+                             f"({self.min_gru_heads}); change one of them")
         if self.transformer and self.dim % self.transformer_heads:
             raise ValueError(f"model.dim ({self.dim}) must be divisible by model.transformer_heads "
                              f"({self.transformer_heads}); change one of them")
@@ -101,6 +104,9 @@ class ModelConfig(_Section):
     gru: int = Field(0, ge=0, description="encode the last n history items with a GRU (0 = off)")
     min_gru: int = Field(0, ge=0, description="encode the last n history items with a minGRU: gates from each "
                          "item alone, computed in parallel — one matmul instead of n GRU steps (0 = off)")
+    min_gru_heads: int | None = Field(
+        None, ge=1, description="minGRU gates, each shared by a block of dim / heads units (unset = dim: one per "
+        "unit, Feng et al.'s minGRU); fewer is cheaper; must divide model.dim")
     transformer: int = Field(
         0, ge=0, description="encode the last n history items with SASRec-style self-attention (0 = off)")
     transformer_blocks: int = Field(2, ge=1, le=64, description="self-attention blocks (with model.transformer)")

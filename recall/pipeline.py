@@ -88,7 +88,8 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
                       name="items")
     user = UserTower(
         num_items, mc.dim, mc.hidden, mc.max_history, feature_sizes=feature_sizes, feature_dim=mc.feature_dim,
-        recent=mc.recent, last_items=mc.last_items, attention=mc.attention, gru=mc.gru, min_gru=mc.min_gru,
+        recent=mc.recent, last_items=mc.last_items, attention=mc.attention, gru=mc.gru,
+        min_gru=mc.min_gru, min_gru_heads=mc.min_gru_heads,
         transformer=mc.transformer, transformer_blocks=mc.transformer_blocks,
         transformer_heads=mc.transformer_heads, transformer_dropout=mc.transformer_dropout,
         example_age=mc.example_age,

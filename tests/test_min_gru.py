@@ -11,32 +11,36 @@ import tensorflow as tf
 from recall.model.min_gru import MinGRU
 
 
-def sequential_min_gru(x, mask, w, b):
+def sequential_min_gru(x, mask, wz, bz, wh, bh):
     """numpy reference: h_t = (1 − z_t) h_{t−1} + z_t h̃_t step by step, padding steps skipped.
-    x [B, T, D], mask [B, T], w [D, 2H] (gate columns first), b [2H] → h_T [B, H]."""
-    units = w.shape[1] // 2
+    x [B, T, D], mask [B, T], gate wz [D, G], bz [G], candidate wh [D, H], bh [H] → h_T [B, H];
+    gate g drives the g-th block of H / G units."""
+    units, heads = wh.shape[1], wz.shape[1]
     h = np.zeros((x.shape[0], units))
     for t in range(x.shape[1]):
-        proj = x[:, t] @ w + b
-        z = 1.0 / (1.0 + np.exp(-proj[:, :units]))
-        step = (1.0 - z) * h + z * proj[:, units:]
+        z = np.repeat(1.0 / (1.0 + np.exp(-(x[:, t] @ wz + bz))), units // heads, axis=1)
+        step = (1.0 - z) * h + z * (x[:, t] @ wh + bh)
         h = np.where(mask[:, t, None] > 0, step, h)
     return h
 
 
-def _layer(dim, units, w=None, b=None):
-    layer = MinGRU(units)
+def _layer(dim, units, heads=None, weights=None):
+    layer = MinGRU(units, heads)
     layer.build((None, None, dim))
-    if w is not None:
-        layer.projection.kernel.assign(w)
-        layer.projection.bias.assign(b)
+    if weights is not None:
+        wz, bz, wh, bh = weights
+        layer.gate.kernel.assign(wz)
+        layer.gate.bias.assign(bz)
+        layer.candidate.kernel.assign(wh)
+        layer.candidate.bias.assign(bh)
     return layer
 
 
 def test_two_steps_by_hand():
-    # D = H = 1, kernel [[gate 0, candidate 1]], biases (gate 0, candidate 0): z = σ(0) = ½ at every
-    # step, h̃_t = x_t. h_1 = ½·2 = 1, h_2 = ½·1 + ½·4 = 2.5.
-    layer = _layer(1, 1, np.array([[0.0, 1.0]], np.float32), np.zeros(2, np.float32))
+    # D = H = 1, gate kernel 0 and bias 0, candidate kernel 1 and bias 0: z = σ(0) = ½ at every step,
+    # h̃_t = x_t. h_1 = ½·2 = 1, h_2 = ½·1 + ½·4 = 2.5.
+    zero, one = np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32)
+    layer = _layer(1, 1, weights=(zero, np.zeros(1, np.float32), one, np.zeros(1, np.float32)))
     x = tf.constant([[[2.0], [4.0]]])
     out = layer(x, tf.ones([1, 2, 1]))
     assert out.numpy()[0, 0] == pytest.approx(2.5, abs=1e-6)
@@ -45,24 +49,27 @@ def test_two_steps_by_hand():
     assert out.numpy()[0, 0] == pytest.approx(2.0, abs=1e-6)
 
 
-def test_matches_sequential_recurrence_with_left_padding():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("heads", [4, 2, 1])
+def test_matches_sequential_recurrence_with_left_padding(heads):
+    rng = np.random.default_rng(heads)
     batch, steps, dim, units = 7, 12, 5, 4
-    w = rng.normal(0, 1.5, (dim, 2 * units)).astype(np.float32)  # large gates: z near 0 and 1 both occur
-    b = rng.normal(0, 1.0, 2 * units).astype(np.float32)
+    # Large gate weights: z near 0 and near 1 both occur.
+    weights = [rng.normal(0, 1.5, (dim, heads)), rng.normal(0, 1.0, heads),
+               rng.normal(0, 1.0, (dim, units)), rng.normal(0, 1.0, units)]
     x = rng.normal(size=(batch, steps, dim)).astype(np.float32)
     lengths = np.array([0, 1, 3, 6, 11, 12, 12])
     mask = (np.arange(steps)[None, :] >= steps - lengths[:, None]).astype(np.float32)  # right-aligned
     x = x * mask[..., None]
-    got = _layer(dim, units, w, b)(tf.constant(x), tf.constant(mask[..., None])).numpy()
-    want = sequential_min_gru(x.astype(np.float64), mask, w.astype(np.float64), b.astype(np.float64))
+    layer = _layer(dim, units, heads, [w.astype(np.float32) for w in weights])
+    got = layer(tf.constant(x), tf.constant(mask[..., None])).numpy()
+    want = sequential_min_gru(x.astype(np.float64), mask, *weights)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.all(got[0] == 0.0)  # an empty history gives h_0 = 0
 
 
 def test_extra_left_padding_changes_nothing():
     rng = np.random.default_rng(1)
-    layer = _layer(6, 6)
+    layer = _layer(6, 6, heads=3)
     x = rng.normal(size=(3, 8, 6)).astype(np.float32)
     mask = np.ones((3, 8, 1), np.float32)
     padded_x = np.concatenate([np.zeros((3, 5, 6), np.float32), x], axis=1)
@@ -74,7 +81,8 @@ def test_extra_left_padding_changes_nothing():
 def test_long_window_does_not_underflow():
     # 400 steps with gates near 1 − 1e-9: a product of (1 − z) would underflow to 0 early; in log space
     # the latest item still gets weight z_T and the result stays finite.
-    layer = _layer(1, 1, np.array([[0.0, 1.0]], np.float32), np.array([20.0, 0.0], np.float32))
+    one = np.ones((1, 1), np.float32)
+    layer = _layer(1, 1, weights=(0 * one, np.array([20.0], np.float32), one, np.zeros(1, np.float32)))
     x = tf.ones([1, 400, 1])
     out = layer(x, tf.ones([1, 400, 1])).numpy()[0, 0]
     assert math.isfinite(out) and out == pytest.approx(1.0, abs=1e-6)

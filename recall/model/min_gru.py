@@ -3,22 +3,28 @@ We Needed?").
 
 A GRU whose gate and candidate depend on the current item only, not on the previous state:
 
-    z_t = σ(x_t W_z + b_z)            update gate   [B, T, H]
+    z_t = σ(x_t W_z + b_z)            update gate   [B, T, G]   (G gates: one per `heads` block of H / G units)
     h̃_t = x_t W_h + b_h               candidate     [B, T, H]
     h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t,   h_0 = 0
 
 Without h_{t−1} inside the gates the recurrence unrolls into a weighted sum:
 
-    h_T = Σ_t  z_t ⊙ Π_{s>t} (1 − z_s) ⊙ h̃_t
+    h_T = Σ_t  w_t ⊙ h̃_t,   w_t = z_t ⊙ Π_{s>t} (1 − z_s) = exp(log z_t + Σ_{s>t} log(1 − z_s))
 
-so the whole encoder is one matmul over all T positions (`[B·T, D] × [D, 2H]`) and elementwise work,
-where a GRU runs T dependent steps of small matmuls — the shipped ML-1M config spent ~70 % of its
-step in Keras' GRU. The products are taken in log space, log(1 − σ(a)) = −softplus(a), as a reverse
-cumulative sum (exact, no underflow for long windows).
+so the encoder is two matmuls over all T positions and a little elementwise work, where a GRU runs T
+dependent steps of small matmuls (the shipped ML-1M config spent ~70 % of its step in Keras' GRU).
+The products are taken in log space (log(1 − σ(a)) = −softplus(a), log σ(a) = a − softplus(a): exact,
+no underflow for long windows); the suffix sums Σ_{s>t} are a matmul with a constant `[T, T]`
+triangle (TF's reverse exclusive `cumsum` was 20 % of the whole training step).
 
-Padding (right-aligned histories: PAD on the left) gets z = 0: it adds nothing to the sum and does
-not decay what comes after it, so extra PAD on the left changes nothing — the exported tower takes
-histories of any length.
+`heads` = H is Feng et al.'s minGRU (a gate per unit). Fewer gates share one gate across a block of
+H / heads units: the per-position elementwise work is on `[B, T, heads]` instead of `[B, T, H]`,
+which on a CPU is most of the layer's cost (the weights w_t are then per block; the candidate keeps
+all H units).
+
+Padding (right-aligned histories: PAD on the left) gets gate logit −∞ (here −1e4): z = 0, so it adds
+nothing to the sum and does not decay what comes after it — extra PAD on the left changes nothing,
+and the exported tower takes histories of any length.
 """
 
 from __future__ import annotations
@@ -27,28 +33,47 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+_PAD_LOGIT = -1e4  # σ(−1e4) = 0 and softplus(−1e4) = 0 in float32, gradients 0 too
+
 
 class MinGRU(keras.layers.Layer):
-    """call(x float [B, T, D], mask float [B, T, 1] (1 = item, 0 = padding)) → h_T `[B, units]`."""
+    """call(x float [B, T, D], mask float [B, T, 1] (1 = item, 0 = padding)) → h_T `[B, units]`.
 
-    def __init__(self, units: int, **kwargs):
+    `heads` gates (a divisor of `units`): heads = units is the per-unit minGRU.
+    """
+
+    def __init__(self, units: int, heads: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.units = units
-        # One Dense for gate and candidate: a single [D, 2H] matmul over every position.
-        self.projection = keras.layers.Dense(2 * units, name="projection")
+        heads = units if heads is None else heads
+        if units % heads:
+            raise ValueError(f"heads ({heads}) must divide units ({units})")
+        self.units, self.heads = units, heads
+        self.gate = keras.layers.Dense(heads, name="gate")
+        self.candidate = keras.layers.Dense(units, name="candidate")
 
     def build(self, input_shape):
-        self.projection.build(input_shape)
+        self.gate.build(input_shape)
+        self.candidate.build(input_shape)
         self.built = True
 
     def call(self, x, mask):
-        gate_logits, candidate = ops.split(self.projection(x), 2, axis=-1)  # [B, T, H] each
-        log_z = -ops.softplus(-gate_logits) * mask  # log σ(a); 0 at padding (masked by z below)
-        log_keep = -ops.softplus(gate_logits) * mask  # log(1 − σ(a)); 0 at padding: no decay
-        # Σ_{s>t} log(1 − z_s): the reverse cumulative sum, exclusive of t itself.
-        later = tf.cumsum(log_keep, axis=1, reverse=True, exclusive=True)
-        weights = ops.exp(log_z + later) * mask  # z_t Π_{s>t}(1 − z_s), [B, T, H]
-        return ops.sum(weights * candidate, axis=1)
+        steps = ops.shape(x)[1]
+        a = self.gate(x) + (1.0 - mask) * _PAD_LOGIT  # gate logits [B, T, G]; −1e4 at padding
+        log_keep = -ops.softplus(a)  # log(1 − z_t)
+        # later[b, t] = Σ_{s>t} log_keep[b, s]: a matmul with the strictly-lower triangle U[s, t] = [s > t].
+        later = tf.einsum("bsg,st->btg", log_keep, _strictly_later(steps))
+        weights = ops.exp(a + log_keep + later)  # z_t Π_{s>t} (1 − z_s)   [B, T, G]
+        candidate = self.candidate(x)  # [B, T, H]
+        if self.heads == self.units:
+            return ops.sum(weights * candidate, axis=1)
+        blocks = ops.reshape(candidate, [-1, steps, self.heads, self.units // self.heads])
+        return ops.reshape(tf.einsum("btg,btgj->bgj", weights, blocks), [-1, self.units])
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "heads": self.heads}
+
+
+def _strictly_later(steps) -> tf.Tensor:
+    """`[T, T]` float: U[s, t] = 1 where s > t (T may be dynamic: serving takes any history length)."""
+    idx = tf.range(steps)
+    return tf.cast(idx[:, None] > idx[None, :], tf.float32)

@@ -99,6 +99,7 @@ class UserTower(keras.layers.Layer):
         attention: bool = False,
         gru: int = 0,
         min_gru: int = 0,
+        min_gru_heads: int | None = None,
         transformer: int = 0,
         transformer_blocks: int = 2,
         transformer_heads: int = 1,
@@ -122,6 +123,7 @@ class UserTower(keras.layers.Layer):
         self.attention = attention
         self.gru_window = gru
         self.min_gru_window = min_gru
+        self.min_gru_heads = min_gru_heads
         self.transformer_window = transformer
         self.transformer_blocks = transformer_blocks
         self.transformer_heads = transformer_heads
@@ -157,7 +159,7 @@ class UserTower(keras.layers.Layer):
             self.sequence = keras.layers.GRU(dim, name="sequence")
         if min_gru:
             # The same recurrence shape without h_{t-1} in the gates: one matmul, no sequential loop.
-            self.min_gru = MinGRU(dim, name="min_gru")
+            self.min_gru = MinGRU(dim, min_gru_heads, name="min_gru")
         if transformer:
             # SASRec-style self-attention over the last `transformer` items; its latest position is
             # one more part beside the pools (recall/model/transformer.py).
@@ -254,6 +256,7 @@ class UserTower(keras.layers.Layer):
                 "max_history": self.max_history, "feature_sizes": self.feature_sizes,
                 "feature_dim": self.feature_dim, "recent": self.recent, "last_items": self.last_items,
                 "attention": self.attention, "gru": self.gru_window, "min_gru": self.min_gru_window,
+                "min_gru_heads": self.min_gru_heads,
                 "transformer": self.transformer_window, "transformer_blocks": self.transformer_blocks,
                 "transformer_heads": self.transformer_heads, "transformer_dropout": self.transformer_dropout,
                 "example_age": self.example_age,
