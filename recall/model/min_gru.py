@@ -11,16 +11,19 @@ Without h_{t−1} inside the gates the recurrence unrolls into a weighted sum:
 
     h_T = Σ_t  w_t ⊙ h̃_t,   w_t = z_t ⊙ Π_{s>t} (1 − z_s) = exp(log z_t + Σ_{s>t} log(1 − z_s))
 
-so the encoder is two matmuls over all T positions and a little elementwise work, where a GRU runs T
-dependent steps of small matmuls (the shipped ML-1M config spent ~70 % of its step in Keras' GRU).
+so the encoder is a weighted pooling of the T items and one projection, where a GRU runs T dependent
+steps of small matmuls (the shipped ML-1M config spent ~70 % of its step in Keras' GRU). The candidate
+is linear in x_t, so it is applied after the pooling (Σ_t w_t x_t, then W_h): per gate block, G pooled
+`[D]` vectors are projected instead of T positions.
 The products are taken in log space (log(1 − σ(a)) = −softplus(a), log σ(a) = a − softplus(a): exact,
 no underflow for long windows); the suffix sums Σ_{s>t} are a matmul with a constant `[T, T]`
 triangle (TF's reverse exclusive `cumsum` was 20 % of the whole training step).
 
 `heads` = H is Feng et al.'s minGRU (a gate per unit). Fewer gates share one gate across a block of
-H / heads units: the per-position elementwise work is on `[B, T, heads]` instead of `[B, T, H]`,
-which on a CPU is most of the layer's cost (the weights w_t are then per block; the candidate keeps
-all H units).
+H / heads units: the per-position work is on `[B, T, heads]` instead of `[B, T, H]` and G vectors
+are pooled, which on a CPU is most of the layer's cost (the weights w_t are then per block; the
+candidate keeps all H units). With one head the layer is a gated recency-weighted mean of the
+items followed by a Dense layer.
 
 Padding (right-aligned histories: PAD on the left) gets gate logit −∞ (here −1e4): z = 0, so it adds
 nothing to the sum and does not decay what comes after it — extra PAD on the left changes nothing,
@@ -62,12 +65,15 @@ class MinGRU(keras.layers.Layer):
         log_keep = -ops.softplus(a)  # log(1 − z_t)
         # later[b, t] = Σ_{s>t} log_keep[b, s]: a matmul with the strictly-lower triangle U[s, t] = [s > t].
         later = tf.einsum("bsg,st->btg", log_keep, _strictly_later(steps))
-        weights = ops.exp(a + log_keep + later)  # z_t Π_{s>t} (1 − z_s)   [B, T, G]
-        candidate = self.candidate(x)  # [B, T, H]
-        if self.heads == self.units:
-            return ops.sum(weights * candidate, axis=1)
-        blocks = ops.reshape(candidate, [-1, steps, self.heads, self.units // self.heads])
-        return ops.reshape(tf.einsum("btg,btgj->bgj", weights, blocks), [-1, self.units])
+        weights = ops.exp(a + log_keep + later)  # w_t = z_t Π_{s>t} (1 − z_s)   [B, T, G]
+        # The candidate is linear in x_t, so the sum over t is taken first and projected after:
+        #   Σ_t w_t (x_t W_h + b_h) = (Σ_t w_t x_t) W_h + (Σ_t w_t) b_h,
+        # per gate block — G pooled vectors [B, G, D] instead of T projected ones [B, T, H].
+        pooled = tf.einsum("btg,btd->bgd", weights, x)
+        kernel = ops.reshape(self.candidate.kernel, [-1, self.heads, self.units // self.heads])  # [D, G, H/G]
+        bias = ops.reshape(self.candidate.bias, [self.heads, self.units // self.heads])
+        h = tf.einsum("bgd,dgj->bgj", pooled, kernel) + ops.sum(weights, axis=1)[..., None] * bias
+        return ops.reshape(h, [-1, self.units])
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "heads": self.heads}
