@@ -62,18 +62,20 @@ class MinGRU(keras.layers.Layer):
     def call(self, x, mask):
         steps = ops.shape(x)[1]
         a = self.gate(x) + (1.0 - mask) * _PAD_LOGIT  # gate logits [B, T, G]; −1e4 at padding
-        log_keep = -ops.softplus(a)  # log(1 − z_t)
-        # later[b, t] = Σ_{s>t} log_keep[b, s]: a matmul with the strictly-lower triangle U[s, t] = [s > t].
-        later = tf.einsum("bsg,st->btg", log_keep, _strictly_later(steps))
-        weights = ops.exp(a + log_keep + later)  # w_t = z_t Π_{s>t} (1 − z_s)   [B, T, G]
+        a = tf.transpose(a, [0, 2, 1])  # [B, G, T]: T last, so the sums over t below are matmuls
+        log_keep = -tf.nn.softplus(a)  # log(1 − z_t)
+        # later[b, g, t] = Σ_{s>t} log_keep[b, g, s]: one matmul with the triangle U[s, t] = [s > t].
+        later = tf.reshape(tf.matmul(tf.reshape(log_keep, [-1, steps]), _strictly_later(steps)), tf.shape(a))
+        weights = tf.exp(a + log_keep + later)  # w_t = z_t Π_{s>t} (1 − z_s)   [B, G, T]
         # The candidate is linear in x_t, so the sum over t is taken first and projected after:
         #   Σ_t w_t (x_t W_h + b_h) = (Σ_t w_t x_t) W_h + (Σ_t w_t) b_h,
         # per gate block — G pooled vectors [B, G, D] instead of T projected ones [B, T, H].
-        pooled = tf.einsum("btg,btd->bgd", weights, x)
-        kernel = ops.reshape(self.candidate.kernel, [-1, self.heads, self.units // self.heads])  # [D, G, H/G]
-        bias = ops.reshape(self.candidate.bias, [self.heads, self.units // self.heads])
-        h = tf.einsum("bgd,dgj->bgj", pooled, kernel) + ops.sum(weights, axis=1)[..., None] * bias
-        return ops.reshape(h, [-1, self.units])
+        pooled = tf.matmul(weights, x)  # [B, G, D]
+        block = self.units // self.heads
+        kernel = tf.transpose(tf.reshape(self.candidate.kernel, [-1, self.heads, block]), [1, 0, 2])  # [G, D, H/G]
+        h = tf.transpose(tf.matmul(tf.transpose(pooled, [1, 0, 2]), kernel), [1, 0, 2])  # [B, G, H/G]
+        h = h + tf.reduce_sum(weights, axis=-1)[..., None] * tf.reshape(self.candidate.bias, [self.heads, block])
+        return tf.reshape(h, [-1, self.units])
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "heads": self.heads}
