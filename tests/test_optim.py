@@ -285,17 +285,19 @@ def test_ids_distinct_by_construction_skip_unique_and_give_the_same_update():
     assert sum(op.type == "Unique" for op in graph.get_operations()) == 1  # the model's own, only
 
 
-def test_deepmatch_history_gradient_is_distinct_by_construction():
-    """The shape the catalogue-scaling benchmark measures (history mean, no recency lookup): the
-    history table's gradient takes aggregate_rows' shortcut; the item table's (labels + negatives,
-    repeated ids) does not."""
+@pytest.mark.parametrize("recency", [{"recent": 0}, {"recent": 2}, {"recent": 0, "min_gru": 4}, {"gru": 3}],
+                         ids=["mean-only", "recent", "min_gru", "gru"])
+def test_history_gradient_is_distinct_by_construction(recency):
+    """The history mean and every per-position window read the same distinct rows: the history
+    table's gradient takes aggregate_rows' shortcut whatever the recency parts; the item table's
+    (labels + negatives, repeated ids) does not."""
     from recall.config import Config
     from recall.pipeline import build_model
     from recall.training.optim import distinct_by_construction
     from recall.training.samplers import make_sampler
     from recall.training.step import make_loss_fn, trainable_variables
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "recent": 0}})
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, **recency}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
     loss_fn = make_loss_fn(user, items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0))

@@ -17,6 +17,12 @@ def _reference_mean(table, history):
     return out
 
 
+def _window(tower, history, width):
+    """The tower's per-position embeddings [B, width, D] and mask of the last `width` columns."""
+    _, rows, slots = tower._history_lookup(tf.constant(history))
+    return tower._embed_window(rows, slots[:, -width:])
+
+
 def test_history_mean_and_its_gradient_match_the_reference():
     rng = np.random.default_rng(0)
     n, m = 30, 6
@@ -28,7 +34,7 @@ def test_history_mean_and_its_gradient_match_the_reference():
     weights = tf.constant(rng.normal(size=(5, 4)), tf.float32)
     table = tower.history_embeddings
     with tf.GradientTape() as tape:
-        pooled = tower._mean_of_history(tf.constant(history))
+        pooled = tower._history_lookup(tf.constant(history))[0]
         loss = tf.reduce_sum(pooled * weights)
     grad = tf.convert_to_tensor(tape.gradient(loss, table))
     np.testing.assert_allclose(pooled.numpy(), _reference_mean(table.numpy(), history), rtol=1e-6, atol=1e-7)
@@ -44,6 +50,34 @@ def test_history_mean_and_its_gradient_match_the_reference():
     np.testing.assert_allclose(grad.numpy(), ref_grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_window_from_shared_rows_matches_gather_and_mask_with_its_gradient():
+    # Mean and window read the same distinct rows; values and the table's gradient must equal the
+    # direct per-position gather (TF-differentiated) with a repeated id inside the window.
+    rng = np.random.default_rng(1)
+    tower = UserTower(30, 4, [8], 6, example_age=False, name="user")
+    history = np.array([[-1, -1, 3, 3, 7, 1], [2, 9, 4, 3, 1, 1], [-1, -1, -1, -1, -1, -1]], np.int32)
+    w_mean, w_win = (tf.constant(rng.normal(size=shape), tf.float32) for shape in [(3, 4), (3, 4, 4)])
+    table = tower.history_embeddings
+    with tf.GradientTape() as tape:
+        mean, rows, slots = tower._history_lookup(tf.constant(history))
+        emb, mask = tower._embed_window(rows, slots[:, -4:])
+        loss = tf.reduce_sum(mean * w_mean) + tf.reduce_sum(emb * w_win)
+    grad = tape.gradient(loss, table)
+    assert len(np.unique(grad.indices.numpy())) == len(grad.indices)  # one gradient row per distinct item
+
+    ref_table = tf.Variable(table.numpy())
+    with tf.GradientTape() as tape:
+        full_mask = tf.cast(history >= 0, tf.float32)[..., None]
+        full = tf.gather(ref_table, np.maximum(history, 0)) * full_mask
+        ref_mean = tf.reduce_sum(full, 1) / tf.maximum(tf.reduce_sum(full_mask, 1), 1.0)
+        ref_loss = tf.reduce_sum(ref_mean * w_mean) + tf.reduce_sum(full[:, -4:] * w_win)
+    np.testing.assert_allclose(emb.numpy(), full[:, -4:].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(mask.numpy()[..., 0], (history[:, -4:] >= 0).astype(np.float32))
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(),
+                               tf.convert_to_tensor(tape.gradient(ref_loss, ref_table)).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_recent_window_uses_the_latest_columns():
     tower = UserTower(20, 4, [8], 5, recent=2, last_items=3, example_age=False, name="user")
     a = np.array([[-1, 4, 5, 6, 7]], np.int32)
@@ -53,8 +87,8 @@ def test_recent_window_uses_the_latest_columns():
         return {"history": tf.constant(h), "age": tf.zeros([1]), "user_features": tf.zeros([1, 0], tf.int32)}
 
     # Outputs differ (the all-history mean sees column 0) but the recency parts must not: compare them.
-    emb_a, _ = tower._embed_history(tf.constant(a)[:, -3:])
-    emb_b, _ = tower._embed_history(tf.constant(b)[:, -3:])
+    emb_a, _ = _window(tower, a, 3)
+    emb_b, _ = _window(tower, b, 3)
     np.testing.assert_array_equal(emb_a.numpy(), emb_b.numpy())
     assert not np.allclose(tower(feats(a)).numpy(), tower(feats(b)).numpy())
 
@@ -63,7 +97,7 @@ def test_gru_window_ignores_left_padding():
     tower = UserTower(20, 4, [8], 6, gru=4, example_age=False, name="user")
     short = np.array([[-1, -1, -1, -1, 5, 7]], np.int32)
     feats = {"history": tf.constant(short), "age": tf.zeros([1]), "user_features": tf.zeros([1, 0], tf.int32)}
-    emb, mask = tower._embed_history(tf.constant(short)[:, -4:])
+    emb, mask = _window(tower, short, 4)
     masked = tower.sequence(emb, mask=mask[..., 0] > 0).numpy()
     only_items = tower.sequence(emb[:, -2:]).numpy()  # the same two items with no padding at all
     np.testing.assert_allclose(masked, only_items, rtol=1e-5, atol=1e-6)
@@ -124,7 +158,7 @@ def test_transformer_sees_order():
     # The difference is the encoder's: the history means are equal.
 
     def encoded(history):
-        return tower.encoder(*tower._embed_history(tf.constant(history))).numpy()
+        return tower.encoder(*_window(tower, history, len(history[0]))).numpy()
 
     assert np.abs(encoded([[3, 5, 7]]) - encoded([[7, 5, 3]])).max() > 1e-3
 

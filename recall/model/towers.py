@@ -175,25 +175,33 @@ class UserTower(keras.layers.Layer):
         """The history table as its backing `tf.Variable` (gathers are sparse reads; see weights_and_biases)."""
         return _backing(self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings)
 
-    def _embed_history(self, history):
-        """Per-position embeddings `[B, m, D]` (zeros at padding) and mask `[B, m, 1]` of `history` [B, m]."""
-        mask = ops.cast(history >= 0, "float32")[..., None]
-        emb = tf.gather(self._history_table(), ops.maximum(history, 0)) * mask
-        return emb, mask
+    def _history_lookup(self, history):
+        """The batch's distinct history items, looked up once, for every history part.
 
-    def _mean_of_history(self, history):
-        """Mean embedding of the non-padding ids of each row, `[B, D]` (zeros for an empty history).
+        history int [B, M] → (mean `[B, D]` of each row's non-padding items (zeros for an empty
+        history), rows `[R, D]` of the R distinct items, slots int32 `[B, M]`: each position's index
+        into rows, −1 at padding).
 
-        Gathers each distinct id of the batch once and averages with a sparse segment mean: the
-        gradient is then one row per distinct item, not one per (row, position) — the gather-and-mask
-        form costs B·M gradient rows that the optimizer has to aggregate, the step's largest cost.
+        The mean (a sparse segment mean) and the per-position window (`_embed_window`) both read these
+        rows, so the table's gradient is one row per distinct item — summed in the `[R, D]` rows first
+        — not one per (row, position): the gather-and-mask form costs B·M gradient rows that the
+        optimizer has to aggregate, the step's largest cost.
         """
         positions = tf.where(history >= 0)  # [nnz, 2], row-major, so segment ids are sorted
-        ids = tf.gather_nd(history, positions)
-        distinct, slot = tf.unique(ids)
-        return tf.sparse.segment_mean(
-            tf.gather(self._history_table(), distinct), slot, tf.cast(positions[:, 0], tf.int32),
-            num_segments=tf.shape(history)[0])
+        distinct, slot = tf.unique(tf.gather_nd(history, positions))
+        rows = tf.gather(self._history_table(), distinct)
+        mean = tf.sparse.segment_mean(rows, slot, tf.cast(positions[:, 0], tf.int32), num_segments=tf.shape(history)[0])
+        slots = tf.tensor_scatter_nd_update(tf.fill(tf.shape(history), -1), positions, slot)
+        return mean, rows, slots
+
+    @staticmethod
+    def _embed_window(rows, slots):
+        """Per-position embeddings `[B, w, D]` (zeros at padding) and mask `[B, w, 1]` of `slots` [B, w]."""
+        # Padding reads an appended zero row (rows may be empty: a batch of empty histories).
+        padded = tf.concat([rows, tf.zeros([1, rows.shape[-1]], rows.dtype)], axis=0)
+        present = slots >= 0
+        emb = tf.gather(padded, tf.where(present, slots, tf.shape(rows)[0]))
+        return emb, ops.cast(present, "float32")[..., None]
 
     @staticmethod
     def _masked_mean(emb, mask):
@@ -210,13 +218,14 @@ class UserTower(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         history = inputs["history"]
-        parts = [self._mean_of_history(history)]
+        mean, rows, slots = self._history_lookup(history)
+        parts = [mean]
         # History is right-aligned, so the last columns are the most recent items; only the window
-        # the recency features need is gathered per position.
+        # the recency features need is looked up per position.
         window = max(self.recent, self.last_items, self.gru_window, self.min_gru_window, self.transformer_window,
                      self.max_history if self.attention else 0)
         if window:
-            emb, mask = self._embed_history(history[:, -window:])
+            emb, mask = self._embed_window(rows, slots[:, -window:])
         if self.recent > 0:
             parts.append(self._masked_mean(emb[:, -self.recent :], mask[:, -self.recent :]))
             parts.append(emb[:, -1])

@@ -66,10 +66,9 @@ _SAME_ELEMENTS_OPS = ("Reshape", "Identity")  # a reshape keeps the elements: di
 def distinct_by_construction(indices) -> bool:
     """True if `indices` is (a reshape of) the distinct values `tf.unique` returned, in a traced graph.
 
-    That is the gradient of a gather of `tf.unique(ids)[0]` — the history table's gradient when the
-    user tower averages the history with no other per-position lookup (`_mean_of_history` in
-    recall/model/towers.py; `recent` > 0 or a GRU adds a second lookup, and the gradient becomes a
-    concat with repeated ids). Eager tensors have no producing op: False.
+    That is the gradient of a gather of `tf.unique(ids)[0]` — the history table's gradient: the user
+    tower looks each distinct history item up once for the mean and every recency window
+    (`_history_lookup` in recall/model/towers.py). Eager tensors have no producing op: False.
     """
     try:
         t = indices
