@@ -188,6 +188,9 @@ class TrainConfig(_Section):
     shuffle: bool = True
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = per epoch only)")
+    batch_splits: int = Field(
+        1, ge=1, le=64, description="compute each batch's user tower as this many parts in parallel (one per "
+        "core, with intra_op_threads: 1): the same negatives and loss; only dropout masks are drawn per part")
     steps_per_execution: int = Field(
         8, ge=1, le=256, description="training steps run inside one compiled call (fewer Python round trips; "
         "same updates, same order)"

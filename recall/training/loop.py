@@ -65,7 +65,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     planned_steps = tc.epochs * math.ceil(len(data.examples) / tc.batch_size)
     optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps)
     optimizer.build(variables)
-    loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits)
+    loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits, tc.batch_splits)
     batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
     train_block = make_train_block(batcher, loss_fn, variables, optimizer, cfg.seed)
 

@@ -24,15 +24,28 @@ import tensorflow as tf
 from recall.training.samplers import Sampler
 
 
-def _mean_sampled_loss(op, weights, biases, labels, queries, sampler, remove_accidental_hits, seed=None):
-    """Mean over the batch of a TF sampled loss `op`, one candidate set from `sampler` for all rows
-    (drawn with `seed` [2] when given: the stateless samplers of train.deterministic need one)."""
+def draw_candidates(sampler: Sampler, labels, seed=None):
+    """labels int [B] → (labels int64 [B, 1], the sampler's (sampled [S], true_expected [B, 1],
+    sampled_expected [S]) triple): one candidate set for the whole batch (drawn with `seed` [2] when
+    given: the stateless samplers need one)."""
     labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
-    sampled_values = sampler(labels) if seed is None else sampler(labels, seed)
-    return tf.reduce_mean(op(
-        weights=weights, biases=biases, labels=labels, inputs=queries,
-        num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
-        sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits))
+    return labels, (sampler(labels) if seed is None else sampler(labels, seed))
+
+
+def sampled_loss_per_row(op, weights, biases, labels, queries, sampled_values, remove_accidental_hits):
+    """TF's sampled loss `op` (`tf.nn.sampled_softmax_loss` or `tf.nn.nce_loss`) per row, `[b]`, for
+    labels int64 [b, 1] and queries [b, D] against a drawn candidate set (`draw_candidates`; its
+    true_expected holds these b rows). A batch split into parts shares one candidate set this way."""
+    return op(weights=weights, biases=biases, labels=labels, inputs=queries,
+              num_sampled=tf.size(sampled_values[0]), num_classes=weights.shape[0], num_true=1,
+              sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits)
+
+
+def _mean_sampled_loss(op, weights, biases, labels, queries, sampler, remove_accidental_hits, seed=None):
+    """Mean over the batch of a TF sampled loss `op`, one candidate set from `sampler` for all rows."""
+    labels, sampled_values = draw_candidates(sampler, labels, seed)
+    return tf.reduce_mean(sampled_loss_per_row(op, weights, biases, labels, queries, sampled_values,
+                                               remove_accidental_hits))
 
 
 def sampled_softmax(

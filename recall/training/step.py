@@ -6,7 +6,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from recall.model import ItemTower, UserTower
-from recall.training.loss import full_softmax, nce, sampled_softmax
+from recall.training.loss import draw_candidates, full_softmax, nce, sampled_loss_per_row, sampled_softmax
 from recall.training.samplers import Sampler
 
 
@@ -21,21 +21,55 @@ def trainable_variables(user_tower: UserTower, item_tower: ItemTower) -> list:
 
 
 def make_loss_fn(user_tower, item_tower, loss_kind: str, sampler: Sampler | None,
-                 remove_accidental_hits: bool = True):
+                 remove_accidental_hits: bool = True, splits: int = 1):
     """loss_fn(features, labels int64 [B], training, seed) → scalar loss (sampled losses: TF's own ops).
 
-    `seed` int64 [2] keys the stateless samplers' draws (train.deterministic); TF's samplers ignore it."""
+    `seed` int64 [2] keys the stateless samplers' draws (train.deterministic); TF's samplers ignore it.
+
+    `splits` > 1 (train.batch_splits): the user tower runs on `splits` parts of the batch, which TF
+    executes concurrently on separate cores (the step's ops are too small for intra-op threads to
+    keep two cores busy). The candidates are drawn once for the whole batch and shared by the parts,
+    and the loss is the sum of the parts' per-row losses over B: the same loss and gradient as one
+    pass, up to float summation order — only dropout draws its masks per part.
+    """
+    sampled_op = tf.nn.nce_loss if loss_kind in ("nce", "neg") else tf.nn.sampled_softmax_loss
 
     def loss_fn(features, labels, training=True, seed=None):
-        queries = user_tower(features, training=training)  # [B, D]
         weights, biases = item_tower.weights_and_biases()  # [N, D], [N]
+        parts = _split_batch(features, labels, splits)
+        if len(parts) == 1:
+            queries = user_tower(features, training=training)  # [B, D]
+            if loss_kind == "full_softmax":
+                return full_softmax(weights, biases, labels, queries)
+            if loss_kind in ("nce", "neg"):
+                return nce(weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
+            return sampled_softmax(weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
+        total = 0.0
         if loss_kind == "full_softmax":
-            return full_softmax(weights, biases, labels, queries)
-        if loss_kind in ("nce", "neg"):
-            return nce(weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
-        return sampled_softmax(weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
+            for part_features, part_labels, _ in parts:
+                queries = user_tower(part_features, training=training)
+                total += full_softmax(weights, biases, part_labels, queries) * part_labels.shape[0]
+            return total / labels.shape[0]
+        all_labels, (sampled, true_expected, sampled_expected) = draw_candidates(sampler, labels, seed)
+        for part_features, _, rows in parts:
+            queries = user_tower(part_features, training=training)
+            total += tf.reduce_sum(sampled_loss_per_row(
+                sampled_op, weights, biases, all_labels[rows], queries,
+                (sampled, true_expected[rows], sampled_expected), remove_accidental_hits))
+        return total / labels.shape[0]
 
     return loss_fn
+
+
+def _split_batch(features: dict, labels, splits: int) -> list:
+    """[(features, labels, row slice)] of `splits` consecutive near-equal parts of a batch whose size
+    is static (the training block's batches are); one part when it is not, or is smaller than `splits`."""
+    size = labels.shape[0]
+    if splits <= 1 or size is None or size < splits:
+        return [(features, labels, slice(None))]
+    bounds = [round(i * size / splits) for i in range(splits + 1)]
+    return [({k: v[lo:hi] for k, v in features.items()}, labels[lo:hi], slice(lo, hi))
+            for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _update(loss_fn, variables: list, optimizer, features, labels, seed):
