@@ -15,7 +15,8 @@ Sections (`--only ml1m,scaling,input,eval`):
   (a) the DeepMatch shape: configs/ml-1m.yaml with dim 32, MLP [64], 255 shared log-uniform
   negatives, history 50, no GRU, no recency or user features, one thread per op
   (`train.intra_op_threads=1`: its ops are small), at each `--ml1m-batches` size;
-  (b) the shipped configs/ml-1m.yaml (its own batch size). Once per optimiser in `--optimizers`.
+  (b) the shipped configs/ml-1m.yaml and (c) configs/ml-1m-fast.yaml (minGRU, batch 1024 in two
+  parallel halves), each with its own batch size. Once per optimiser in `--optimizers`.
 - **scaling** — the median step time and the process's peak RSS at 10k, 100k, 1M items (and 10M
   with `--big`); steps run `train.steps_per_execution` per compiled call (`make_train_block`, as in
   the training loop), `--steps` calls timed after
@@ -459,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1024, help="batch size of the DeepMatch shape (default 1024)")
     ap.add_argument("--optimizers", default="adam,lazy_adam", help="train.optimizer values to compare")
     ap.add_argument("--config", default=str(ROOT / "configs" / "ml-1m.yaml"))
+    ap.add_argument("--fast-config", default=str(ROOT / "configs" / "ml-1m-fast.yaml"),
+                    help="ml1m: the fast variant (minGRU, split batches), run after the shipped config")
     ap.add_argument("--data", default=str(ML1M / "ratings_pos4.parquet"), help="ML-1M positives (Parquet)")
     ap.add_argument("--users", default=str(ML1M / "users.parquet"), help="ML-1M user table (shipped config)")
     ap.add_argument("--steps", type=int, help="scaling: timed calls of 8 steps (default 20; --quick 3)")
@@ -543,13 +546,14 @@ def main(argv: list[str] | None = None) -> int:
             results["ml1m"] = []
             import tempfile
 
-            cases = [("DeepMatch shape", DEEPMATCH, b) for b in settings["ml1m_batches"]]
-            cases.append(("shipped ml-1m.yaml", [], None))
+            cases = [("DeepMatch shape", args.config, DEEPMATCH, b) for b in settings["ml1m_batches"]]
+            cases.append(("shipped ml-1m.yaml", args.config, [], None))
+            cases.append(("ml-1m-fast.yaml", args.fast_config, [], None))
             with tempfile.TemporaryDirectory(prefix="recall-throughput-") as tmp:
-                for i, (name, overrides, batch) in enumerate(cases):
+                for i, (name, config, overrides, batch) in enumerate(cases):
                     for opt in optimizers:
                         print(f"ml1m: {name}, batch {batch or 'of the config'}, {opt} ...", flush=True)
-                        row = run_worker({"kind": "ml1m", "config": args.config, "overrides": common + overrides,
+                        row = run_worker({"kind": "ml1m", "config": config, "overrides": common + overrides,
                                           "optimizer": opt, "batch": batch, "epochs": settings["ml1m_epochs"],
                                           "run_dir": str(Path(tmp) / f"run{i}-{opt}")}, args.timeout)
                         results["ml1m"].append({"name": name, "optimizer": opt, **row})

@@ -175,12 +175,12 @@ class UserTower(keras.layers.Layer):
         """The history table as its backing `tf.Variable` (gathers are sparse reads; see weights_and_biases)."""
         return _backing(self.shared_items.embeddings if self.shared_items is not None else self.history_embeddings)
 
-    def _history_lookup(self, history):
+    def _history_lookup(self, history, slots: bool = True):
         """The batch's distinct history items, looked up once, for every history part.
 
         history int [B, M] → (mean `[B, D]` of each row's non-padding items (zeros for an empty
         history), rows `[R, D]` of the R distinct items, slots int32 `[B, M]`: each position's index
-        into rows, −1 at padding).
+        into rows, −1 at padding; None when `slots` is false — no window needs them).
 
         The mean (a sparse segment mean) and the per-position window (`_embed_window`) both read these
         rows, so the table's gradient is one row per distinct item — summed in the `[R, D]` rows first
@@ -191,8 +191,9 @@ class UserTower(keras.layers.Layer):
         distinct, slot = tf.unique(tf.gather_nd(history, positions))
         rows = tf.gather(self._history_table(), distinct)
         mean = tf.sparse.segment_mean(rows, slot, tf.cast(positions[:, 0], tf.int32), num_segments=tf.shape(history)[0])
-        slots = tf.tensor_scatter_nd_update(tf.fill(tf.shape(history), -1), positions, slot)
-        return mean, rows, slots
+        if not slots:
+            return mean, rows, None
+        return mean, rows, tf.tensor_scatter_nd_update(tf.fill(tf.shape(history), -1), positions, slot)
 
     @staticmethod
     def _embed_window(rows, slots):
@@ -218,12 +219,12 @@ class UserTower(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         history = inputs["history"]
-        mean, rows, slots = self._history_lookup(history)
-        parts = [mean]
         # History is right-aligned, so the last columns are the most recent items; only the window
         # the recency features need is looked up per position.
         window = max(self.recent, self.last_items, self.gru_window, self.min_gru_window, self.transformer_window,
                      self.max_history if self.attention else 0)
+        mean, rows, slots = self._history_lookup(history, slots=window > 0)
+        parts = [mean]
         if window:
             emb, mask = self._embed_window(rows, slots[:, -window:])
         if self.recent > 0:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import tensorflow as tf
 
 from recall.model import ItemTower, UserTower
-from recall.training.loss import draw_candidates, full_softmax, nce, sampled_loss_per_row, sampled_softmax
+from recall.training.loss import (
+    draw_candidates,
+    full_softmax,
+    nce,
+    sampled_loss_per_row,
+    sampled_softmax,
+)
 from recall.training.samplers import Sampler
 
 
