@@ -18,7 +18,9 @@ Sections (`--only ml1m,scaling,input,eval`):
   (b) the shipped configs/ml-1m.yaml and (c) configs/ml-1m-fast.yaml (minGRU, batch 1024 in two
   parallel halves), each with its own batch size. Once per optimiser in `--optimizers`.
 - **scaling** — the median step time and the process's peak RSS at 10k, 100k, 1M items (and 10M
-  with `--big`); steps run `train.steps_per_execution` per compiled call (`make_train_block`, as in
+  with `--big`), each size in `--repeats` fresh processes run in interleaved rounds (step times vary
+  between processes more than between sizes: the median over processes is reported, and the ratio
+  to the smallest size within each round shows the spread); steps run `train.steps_per_execution` per compiled call (`make_train_block`, as in
   the training loop), `--steps` calls timed after
   `--warmup`, each size × optimiser in a fresh process (so peaks
   don't accumulate): the DeepMatch towers (dim 32, MLP [64], history 50, item bias, example age),
@@ -380,11 +382,14 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
         if "error" in r:
             out.append(("scaling", case, "failed: " + r["error"][:60], ""))
             continue
-        out.append(("scaling", case, f"{r['ms_per_step']:.1f} ms/step (p10 {r['ms_p10']:.1f}, p90 {r['ms_p90']:.1f})",
+        each = ", ".join(f"{m:.1f}" for m in r.get("ms_per_process", [r["ms_per_step"]]))
+        out.append(("scaling", case, f"{r['ms_per_step']:.1f} ms/step (median of processes: {each})",
                     f"peak {gib(r['peak_rss'])} (model+slots {gib(r['rss_model'])})"))
-    for opt, ratio in results.get("scaling_ratio", {}).items():
-        out.append(("scaling", f"{opt}: step time {ratio['largest']} / {ratio['smallest']}",
-                    f"{ratio['ratio']:.2f}×", ""))
+    for opt, ratios in results.get("scaling_ratio", {}).items():
+        for size, ratio in ratios.items():
+            rounds = ", ".join(f"{x:.2f}" for x in ratio["per_round"])
+            out.append(("scaling", f"{opt}: step time {size} / {ratio['vs']}",
+                        f"{ratio['ratio']:.2f}× (per round of processes: {rounds})", ""))
     r = results.get("input")
     if r:
         if "error" in r:
@@ -426,14 +431,42 @@ def print_table(results: dict) -> None:
         print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}".rstrip())
 
 
-def scaling_ratios(rows: list[dict]) -> dict:
-    """Per optimiser: step time at the largest measured size / at the smallest."""
+def aggregate_scaling(runs: list[dict]) -> list[dict]:
+    """One row per (size, optimiser): the median step time over its processes (and each process's),
+    the largest peak RSS; a size whose every process failed keeps the error."""
+    import statistics
+
+    out = []
+    for key in dict.fromkeys((r["items"], r["optimizer"]) for r in runs):
+        rows = [r for r in runs if (r["items"], r["optimizer"]) == key]
+        ok = [r for r in rows if "error" not in r]
+        if not ok:
+            out.append({**rows[-1]})
+            continue
+        ms = [r["ms_per_step"] for r in ok]
+        out.append({**ok[-1], "ms_per_step": round(statistics.median(ms), 2), "ms_per_process": ms,
+                    "peak_rss": max(r["peak_rss"] for r in ok), "rss_model": max(r["rss_model"] for r in ok)})
+    return out
+
+
+def scaling_ratios(runs: list[dict]) -> dict:
+    """Per optimiser and size: median step time at that size / at the smallest size, and the same
+    ratio within each round of processes (their spread says how far to trust it)."""
+    import statistics
+
     out = {}
-    for opt in dict.fromkeys(r["optimizer"] for r in rows):
-        ok = sorted((r for r in rows if r["optimizer"] == opt and "error" not in r), key=lambda r: r["items"])
-        if len(ok) >= 2:
-            out[opt] = {"smallest": size_label(ok[0]["items"]), "largest": size_label(ok[-1]["items"]),
-                        "ratio": round(ok[-1]["ms_per_step"] / ok[0]["ms_per_step"], 3)}
+    for opt in dict.fromkeys(r["optimizer"] for r in runs):
+        ok = [r for r in runs if r["optimizer"] == opt and "error" not in r]
+        sizes = sorted({r["items"] for r in ok})
+        if len(sizes) < 2:
+            continue
+        median = {n: statistics.median(r["ms_per_step"] for r in ok if r["items"] == n) for n in sizes}
+        by_round = {(r["repeat"], r["items"]): r["ms_per_step"] for r in ok}
+        rounds = sorted({r["repeat"] for r in ok})
+        out[opt] = {size_label(n): {
+            "vs": size_label(sizes[0]), "ratio": round(median[n] / median[sizes[0]], 3),
+            "per_round": [round(by_round[k, n] / by_round[k, sizes[0]], 3) for k in rounds
+                          if (k, n) in by_round and (k, sizes[0]) in by_round]} for n in sizes[1:]}
     return out
 
 
@@ -469,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ml1m-batches", default="1024,4096",
                     help="ml1m: DeepMatch-shape batch sizes to run (default 1024,4096)")
     ap.add_argument("--warmup", type=int, default=2, help="scaling: untimed calls first (default 2)")
+    ap.add_argument("--repeats", type=int, help="scaling: fresh processes per size, interleaved; the median is "
+                    "reported (default 3; --quick 1)")
     ap.add_argument("--sizes", help="scaling: catalogue sizes (default 10000,100000,1000000; --quick 10000,100000)")
     ap.add_argument("--big", action="store_true", help="scaling: add 10,000,000 items")
     ap.add_argument("--interactions", type=int, help="input: synthetic interactions (default 10M; --quick 1M)")
@@ -514,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         "ml1m_epochs": args.epochs or (1 if q else 3),
         "ml1m_batches": [int(b) for b in args.ml1m_batches.split(",") if b.strip()],
         "scaling_sizes": sizes, "scaling_steps": args.steps or (3 if q else 20), "scaling_warmup": args.warmup,
+        "scaling_repeats": args.repeats or (1 if q else 3),
         "interactions": args.interactions or (1_000_000 if q else 10_000_000),
         "ann": args.ann, "ann_items": args.ann_items or (100_000 if q else 1_000_000),
         "ann_queries": args.ann_queries or (10_000 if q else 100_000), "ann_exact_queries": args.ann_exact_queries,
@@ -560,16 +596,22 @@ def main(argv: list[str] | None = None) -> int:
                         save()
 
     if "scaling" in only:
-        results["scaling"] = []
-        for n in sizes:
-            for opt in optimizers:
-                print(f"scaling: {size_label(n)} items, {opt} ...", flush=True)
-                row = run_worker({"kind": "scaling", "num_items": n, "optimizer": opt, "batch": args.batch,
-                                  "num_sampled": 255, "dim": 32, "hidden": [64], "max_history": 50,
-                                  "steps": settings["scaling_steps"], "warmup": args.warmup}, args.timeout)
-                results["scaling"].append({"items": n, "optimizer": opt, **row})
-                save()
-        results["scaling_ratio"] = scaling_ratios(results["scaling"])
+        # Step times differ from process to process by more than the effect measured (memory placement
+        # of the big tables): every size runs in `--repeats` fresh processes, interleaved (10k, 1M, 10k,
+        # 1M, ...), and the table reports the median over them.
+        results["scaling_runs"] = []
+        for rep in range(settings["scaling_repeats"]):
+            for n in sizes:
+                for opt in optimizers:
+                    print(f"scaling: {size_label(n)} items, {opt} (process {rep + 1}/{settings['scaling_repeats']}) ...",
+                          flush=True)
+                    row = run_worker({"kind": "scaling", "num_items": n, "optimizer": opt, "batch": args.batch,
+                                      "num_sampled": 255, "dim": 32, "hidden": [64], "max_history": 50,
+                                      "steps": settings["scaling_steps"], "warmup": args.warmup}, args.timeout)
+                    results["scaling_runs"].append({"items": n, "optimizer": opt, "repeat": rep, **row})
+                    results["scaling"] = aggregate_scaling(results["scaling_runs"])
+                    save()
+        results["scaling_ratio"] = scaling_ratios(results["scaling_runs"])
         save()
 
     if "input" in only:
