@@ -84,7 +84,7 @@ class ModelConfig(_Section):
         for name in ("recent", "last_items", "gru", "min_gru", "transformer"):
             if getattr(self, name) > self.max_history:
                 raise ValueError(f"model.{name} ({getattr(self, name)}) cannot exceed model.max_history ({self.max_history})")
-        if self.min_gru_heads is not None and self.dim % self.min_gru_heads:
+        if self.min_gru and self.min_gru_heads is not None and self.dim % self.min_gru_heads:
             raise ValueError(f"model.dim ({self.dim}) must be divisible by model.min_gru_heads "
                              f"({self.min_gru_heads}); change one of them")
         if self.transformer and self.dim % self.transformer_heads:
@@ -190,7 +190,8 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = per epoch only)")
     batch_splits: int = Field(
         1, ge=1, le=64, description="compute each batch's user tower as this many parts in parallel (one per "
-        "core, with intra_op_threads: 1): the same negatives and loss; only dropout masks are drawn per part")
+        "core, with intra_op_threads: 1): the same negatives and loss; only dropout masks are drawn per part. "
+        "The compiled block holds steps_per_execution × batch_splits copies of the tower (longer tracing)")
     steps_per_execution: int = Field(
         8, ge=1, le=256, description="training steps run inside one compiled call (fewer Python round trips; "
         "same updates, same order)"
@@ -208,6 +209,13 @@ class TrainConfig(_Section):
         "constant", description="cosine: decay from learning_rate to 0 over epochs × batches per epoch "
         "(driven by the optimizer's step, which the checkpoint holds, so a resumed run continues it)")
     warmup_steps: int = Field(0, ge=0, description="cosine only: rise linearly from 0 to learning_rate first")
+
+    @model_validator(mode="after")
+    def _splits_fit_batch(self) -> TrainConfig:
+        if self.batch_splits > self.batch_size:
+            raise ValueError(f"train.batch_splits ({self.batch_splits}) cannot exceed train.batch_size "
+                             f"({self.batch_size}); use at most one part per row (one per core is the point)")
+        return self
 
     @model_validator(mode="after")
     def _warmup_needs_cosine(self) -> TrainConfig:

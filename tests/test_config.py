@@ -353,3 +353,15 @@ def test_warmup_needs_the_cosine_schedule():
     assert "train.warmup_steps (100) needs train.lr_schedule=cosine" in msg
     cfg = load_config(None, ["train.warmup_steps=100", "train.lr_schedule=cosine", "model.transformer=20"])
     assert (cfg.train.warmup_steps, cfg.model.transformer, cfg.model.transformer_blocks) == (100, 20, 2)
+
+
+def test_min_gru_heads_must_divide_dim_only_when_the_min_gru_is_on(tmp_path):
+    path = write(tmp_path, "model:\n  dim: 64\n")
+    assert "model.min_gru_heads (3)" in error_of(path, ["model.min_gru=10", "model.min_gru_heads=3"])
+    assert load_config(path, ["model.min_gru_heads=3"]).model.min_gru == 0  # off: the setting is unused
+
+
+def test_batch_splits_cannot_exceed_the_batch(tmp_path):
+    path = write(tmp_path, "train:\n  batch_size: 4\n")
+    assert "train.batch_splits (5)" in error_of(path, ["train.batch_splits=5"])
+    assert load_config(path, ["train.batch_splits=4"]).train.batch_splits == 4

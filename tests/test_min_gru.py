@@ -78,11 +78,45 @@ def test_extra_left_padding_changes_nothing():
                                layer(tf.constant(x), tf.constant(mask)).numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_long_window_does_not_underflow():
-    # 400 steps with gates near 1 − 1e-9: a product of (1 − z) would underflow to 0 early; in log space
-    # the latest item still gets weight z_T and the result stays finite.
+def test_long_window_forgets_early_items_without_nan():
+    # 400 steps with gates σ(20) (exactly 1.0 in float32): every item but the latest is decayed to
+    # weight 0, so the output is the latest item, 1 — not NaN (a cumulative product divided back
+    # would be 0 / 0 here) and not polluted by the large early item.
     one = np.ones((1, 1), np.float32)
     layer = _layer(1, 1, weights=(0 * one, np.array([20.0], np.float32), one, np.zeros(1, np.float32)))
-    x = tf.ones([1, 400, 1])
-    out = layer(x, tf.ones([1, 400, 1])).numpy()[0, 0]
+    x = np.zeros((1, 400, 1), np.float32)
+    x[0, 0, 0], x[0, -1, 0] = 1000.0, 1.0
+    out = layer(tf.constant(x), tf.ones([1, 400, 1])).numpy()[0, 0]
     assert math.isfinite(out) and out == pytest.approx(1.0, abs=1e-6)
+
+
+def _sequential_tf(layer, x, mask):
+    """The recurrence step by step in TF, with the layer's own weights (differentiable reference)."""
+    units, heads = layer.units, layer.heads
+    h = tf.zeros([x.shape[0], units])
+    for t in range(x.shape[1]):
+        z = tf.repeat(tf.sigmoid(layer.gate(x[:, t])), units // heads, axis=1)
+        step = (1.0 - z) * h + z * layer.candidate(x[:, t])
+        h = tf.where(mask[:, t] > 0, step, h)
+    return h
+
+
+@pytest.mark.parametrize("heads", [8, 2, 1])
+def test_gradients_match_the_sequential_recurrence(heads):
+    rng = np.random.default_rng(heads)
+    layer = _layer(5, 8, heads)
+    for w in layer.gate.weights:  # large gates: z near 0 and 1 both occur
+        w.assign(w * 6.0 + 0.5)
+    x = tf.constant(rng.normal(size=(6, 9, 5)), tf.float32)
+    lengths = np.array([0, 1, 4, 8, 9, 9])
+    mask = tf.constant((np.arange(9)[None, :] >= 9 - lengths[:, None]).astype(np.float32)[..., None])
+    target = tf.constant(rng.normal(size=(6, 8)), tf.float32)
+    grads = []
+    for fn in (lambda: layer(x, mask), lambda: _sequential_tf(layer, x, mask)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(fn() * target)
+        grads.append(tape.gradient(loss, [x, *layer.trainable_variables]))
+    for got, want in zip(*grads):
+        assert np.all(np.isfinite(got.numpy()))
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)

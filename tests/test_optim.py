@@ -318,6 +318,38 @@ def test_history_gradient_is_distinct_by_construction(recency):
     assert found == {"user/history_embeddings": True, "items/embeddings": False, "items/bias": False}
 
 
+@pytest.mark.parametrize("case", ["tied", "split"])
+def test_repeated_ids_never_take_the_shortcut(case):
+    """A tied table's gradient (history rows + the sampled loss's rows) and a split batch's history
+    gradient (one tf.unique per part) are concats with repeated ids: aggregate_rows must de-duplicate."""
+    from recall.config import Config
+    from recall.pipeline import build_model
+    from recall.training.optim import distinct_by_construction
+    from recall.training.samplers import make_sampler
+    from recall.training.step import make_loss_fn, trainable_variables
+
+    model = {"dim": 8, "hidden": [8], "max_history": 6, "recent": 2, "tie_embeddings": case == "tied"}
+    user, items = build_model(Config.model_validate({"model": model}), 100, [])
+    variables = trainable_variables(user, items)
+    loss_fn = make_loss_fn(user, items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0),
+                           splits=2 if case == "split" else 1)
+    features = {"history": tf.constant([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], tf.int32),
+                "age": tf.zeros([2]), "user_features": tf.zeros([2, 0], tf.int32)}
+    found = {}
+
+    @tf.function
+    def grads(features, labels):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(features, labels)
+        for v, g in zip(variables, tape.gradient(loss, variables)):
+            if isinstance(g, tf.IndexedSlices):
+                found[v.path] = distinct_by_construction(g.indices)
+        return loss
+
+    grads.get_concrete_function(features, tf.constant([3, 10], tf.int64))
+    assert found and not any(found.values()), found
+
+
 def test_compiled_lazy_adam_step_touches_tables_only_row_wise():
     """No whole-table op on a table or its slots in the traced step: a dense read would be a copy of
     the whole table every step (TF's copy-on-read after sparse access) — a cost that grows with N."""

@@ -22,10 +22,11 @@ triangle (TF's reverse exclusive `cumsum` was 20 % of the whole training step).
 `heads` = H is Feng et al.'s minGRU (a gate per unit). Fewer gates share one gate across a block of
 H / heads units: the per-position work is on `[B, T, heads]` instead of `[B, T, H]` and G vectors
 are pooled, which on a CPU is most of the layer's cost (the weights w_t are then per block; the
-candidate keeps all H units). With one head the layer is a gated recency-weighted mean of the
-items followed by a Dense layer.
+candidate keeps all H units). With one head the layer is a gated recency-weighted sum of the items
+(weights summing to 1 − Π(1 − z_t) ≤ 1) followed by a Dense layer.
 
-Padding (right-aligned histories: PAD on the left) gets gate logit −∞ (here −1e4): z = 0, so it adds
+Padding (right-aligned histories: PAD on the left) gets gate logit −1e4 added (in effect −∞ for any
+trained gate): z = 0, so it adds
 nothing to the sum and does not decay what comes after it — extra PAD on the left changes nothing,
 and the exported tower takes histories of any length.
 """
@@ -61,11 +62,13 @@ class MinGRU(keras.layers.Layer):
 
     def call(self, x, mask):
         steps = ops.shape(x)[1]
-        a = self.gate(x) + (1.0 - mask) * _PAD_LOGIT  # gate logits [B, T, G]; −1e4 at padding
+        a = self.gate(x)  # gate logits [B, T, G]
+        a = a + (1.0 - ops.cast(mask, a.dtype)) * ops.cast(_PAD_LOGIT, a.dtype)  # −1e4 at padding
         a = tf.transpose(a, [0, 2, 1])  # [B, G, T]: T last, so the sums over t below are matmuls
         log_keep = -tf.nn.softplus(a)  # log(1 − z_t)
         # later[b, g, t] = Σ_{s>t} log_keep[b, g, s]: one matmul with the triangle U[s, t] = [s > t].
-        later = tf.reshape(tf.matmul(tf.reshape(log_keep, [-1, steps]), _strictly_later(steps)), tf.shape(a))
+        later = tf.reshape(tf.matmul(tf.reshape(log_keep, [-1, steps]), _strictly_later(steps, a.dtype)),
+                           tf.shape(a))
         weights = tf.exp(a + log_keep + later)  # w_t = z_t Π_{s>t} (1 − z_s)   [B, G, T]
         # The candidate is linear in x_t, so the sum over t is taken first and projected after:
         #   Σ_t w_t (x_t W_h + b_h) = (Σ_t w_t x_t) W_h + (Σ_t w_t) b_h,
@@ -81,7 +84,7 @@ class MinGRU(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "heads": self.heads}
 
 
-def _strictly_later(steps) -> tf.Tensor:
-    """`[T, T]` float: U[s, t] = 1 where s > t (T may be dynamic: serving takes any history length)."""
+def _strictly_later(steps, dtype=tf.float32) -> tf.Tensor:
+    """`[T, T]`: U[s, t] = 1 where s > t (T may be dynamic: serving takes any history length)."""
     idx = tf.range(steps)
-    return tf.cast(idx[:, None] > idx[None, :], tf.float32)
+    return tf.cast(idx[:, None] > idx[None, :], dtype)

@@ -66,9 +66,12 @@ _SAME_ELEMENTS_OPS = ("Reshape", "Identity")  # a reshape keeps the elements: di
 def distinct_by_construction(indices) -> bool:
     """True if `indices` is (a reshape of) the distinct values `tf.unique` returned, in a traced graph.
 
-    That is the gradient of a gather of `tf.unique(ids)[0]` — the history table's gradient: the user
-    tower looks each distinct history item up once for the mean and every recency window
-    (`_history_lookup` in recall/model/towers.py). Eager tensors have no producing op: False.
+    That is the gradient of a gather of `tf.unique(ids)[0]` — the history table's gradient when the
+    table is not tied and the batch is one part (`train.batch_splits: 1`): the user tower looks each
+    distinct history item up once for the mean and every recency window (`_history_lookup` in
+    recall/model/towers.py). A tied table's gradient (history rows + the sampled loss's rows) and
+    split batches' (one `tf.unique` per part) are concats with repeated ids: False, de-duplicated as
+    usual. Eager tensors have no producing op: False.
     """
     try:
         t = indices
