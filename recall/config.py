@@ -204,7 +204,8 @@ class TrainConfig(_Section):
         None, ge=1, le=1024, description="threads one TensorFlow op may use (None = TF's default, all cores); 1 "
         "runs the small ops of a retrieval step faster on few cores (benchmarks/RESULTS.md, issue 6)"
     )
-    inter_op_threads: int | None = Field(None, ge=1, le=1024, description="ops TensorFlow may run at once (None = TF's default)")
+    inter_op_threads: int | None = Field(
+        None, ge=1, le=1024, description="ops TensorFlow may run at once (None = TF's default)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: decay from learning_rate to 0 over epochs × batches per epoch "
         "(driven by the optimizer's step, which the checkpoint holds, so a resumed run continues it)")

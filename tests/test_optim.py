@@ -285,54 +285,20 @@ def test_ids_distinct_by_construction_skip_unique_and_give_the_same_update():
     assert sum(op.type == "Unique" for op in graph.get_operations()) == 1  # the model's own, only
 
 
-@pytest.mark.parametrize("recency", [{"recent": 0}, {"recent": 2}, {"recent": 0, "min_gru": 4}, {"gru": 3}],
-                         ids=["mean-only", "recent", "min_gru", "gru"])
-def test_history_gradient_is_distinct_by_construction(recency):
-    """The history mean and every per-position window read the same distinct rows: the history
-    table's gradient takes aggregate_rows' shortcut whatever the recency parts; the item table's
-    (labels + negatives, repeated ids) does not."""
+def _shortcut_per_table(model: dict, splits: int = 1) -> dict:
+    """{table path: whether its traced gradient takes aggregate_rows' shortcut} for a sampled-softmax
+    step of towers built from `model` (config keys) over 100 items, the batch in `splits` parts."""
     from recall.config import Config
     from recall.pipeline import build_model
     from recall.training.optim import distinct_by_construction
     from recall.training.samplers import make_sampler
     from recall.training.step import make_loss_fn, trainable_variables
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, **recency}})
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, **model}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
-    loss_fn = make_loss_fn(user, items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0))
-    features = {"history": tf.constant([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], tf.int32),
-                "age": tf.zeros([2]), "user_features": tf.zeros([2, 0], tf.int32)}
-    found = {}
-
-    @tf.function
-    def grads(features, labels):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(features, labels)
-        for v, g in zip(variables, tape.gradient(loss, variables)):
-            if isinstance(g, tf.IndexedSlices):
-                found[v.path] = distinct_by_construction(g.indices)
-        return loss
-
-    grads.get_concrete_function(features, tf.constant([9, 10], tf.int64))
-    assert found == {"user/history_embeddings": True, "items/embeddings": False, "items/bias": False}
-
-
-@pytest.mark.parametrize("case", ["tied", "split"])
-def test_repeated_ids_never_take_the_shortcut(case):
-    """A tied table's gradient (history rows + the sampled loss's rows) and a split batch's history
-    gradient (one tf.unique per part) are concats with repeated ids: aggregate_rows must de-duplicate."""
-    from recall.config import Config
-    from recall.pipeline import build_model
-    from recall.training.optim import distinct_by_construction
-    from recall.training.samplers import make_sampler
-    from recall.training.step import make_loss_fn, trainable_variables
-
-    model = {"dim": 8, "hidden": [8], "max_history": 6, "recent": 2, "tie_embeddings": case == "tied"}
-    user, items = build_model(Config.model_validate({"model": model}), 100, [])
-    variables = trainable_variables(user, items)
     loss_fn = make_loss_fn(user, items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0),
-                           splits=2 if case == "split" else 1)
+                           splits=splits)
     features = {"history": tf.constant([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], tf.int32),
                 "age": tf.zeros([2]), "user_features": tf.zeros([2, 0], tf.int32)}
     found = {}
@@ -347,6 +313,24 @@ def test_repeated_ids_never_take_the_shortcut(case):
         return loss
 
     grads.get_concrete_function(features, tf.constant([3, 10], tf.int64))
+    return found
+
+
+@pytest.mark.parametrize("recency", [{"recent": 0}, {"recent": 2}, {"recent": 0, "min_gru": 4}, {"gru": 3}],
+                         ids=["mean-only", "recent", "min_gru", "gru"])
+def test_history_gradient_is_distinct_by_construction(recency):
+    """The history mean and every per-position window read the same distinct rows: the history
+    table's gradient takes aggregate_rows' shortcut whatever the recency parts; the item table's
+    (labels + negatives, repeated ids) does not."""
+    found = _shortcut_per_table(recency)
+    assert found == {"user/history_embeddings": True, "items/embeddings": False, "items/bias": False}
+
+
+@pytest.mark.parametrize("case", ["tied", "split"])
+def test_repeated_ids_never_take_the_shortcut(case):
+    """A tied table's gradient (history rows + the sampled loss's rows) and a split batch's history
+    gradient (one tf.unique per part) are concats with repeated ids: aggregate_rows must de-duplicate."""
+    found = _shortcut_per_table({"recent": 2, "tie_embeddings": case == "tied"}, splits=2 if case == "split" else 1)
     assert found and not any(found.values()), found
 
 

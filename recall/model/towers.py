@@ -82,8 +82,9 @@ class UserTower(keras.layers.Layer):
 
     Parts fed to the MLP: the history mean, and optionally the recent mean + latest item (`recent`),
     the last items in slots (`last_items`), attention pooling (`attention`), a GRU over the last
-    `gru` items, a minGRU over the last `min_gru` items (parallel, recall/model/min_gru.py), and a SASRec-style self-attention encoder over the last `transformer` items
-    (`transformer_blocks` blocks, `transformer_heads` heads; recall/model/transformer.py).
+    `gru` items, a minGRU over the last `min_gru` items (parallel, recall/model/min_gru.py), and a
+    SASRec-style self-attention encoder over the last `transformer` items (`transformer_blocks`
+    blocks, `transformer_heads` heads; recall/model/transformer.py).
     """
 
     def __init__(
@@ -190,7 +191,8 @@ class UserTower(keras.layers.Layer):
         positions = tf.where(history >= 0)  # [nnz, 2], row-major, so segment ids are sorted
         distinct, slot = tf.unique(tf.gather_nd(history, positions))
         rows = tf.gather(self._history_table(), distinct)
-        mean = tf.sparse.segment_mean(rows, slot, tf.cast(positions[:, 0], tf.int32), num_segments=tf.shape(history)[0])
+        mean = tf.sparse.segment_mean(rows, slot, tf.cast(positions[:, 0], tf.int32),
+                                      num_segments=tf.shape(history)[0])
         if not slots:
             return mean, rows, None
         return mean, rows, tf.tensor_scatter_nd_update(tf.fill(tf.shape(history), -1), positions, slot)

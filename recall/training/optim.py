@@ -8,8 +8,8 @@ and bias through the sampled loss, the history table through the user tower's ga
 
 1. aggregate duplicate indices (`tf.unique` + `tf.math.unsorted_segment_sum`), so each touched row
    gets the sum of its gradients, exactly as the dense gradient has it — skipped when the ids are
-   distinct by construction (the gradient of a gather of `tf.unique`'s output, as the user tower's
-   history mean produces: `aggregate_rows`);
+   distinct by construction (the gradient of a gather of `tf.unique`'s output, as an untied history
+   table's lookup produces: `aggregate_rows`);
 2. gather that row's slots, compute the update, scatter slots and variable back — O(rows·D).
 
 What grows with the catalogue is step 2's random row accesses into [N, D] arrays (var, m, v) that no
