@@ -1,0 +1,88 @@
+"""A GRU over a fixed window of recent history items, unrolled for CPU training.
+
+The same function and weights as `keras.layers.GRU(units)` (Keras 3 defaults: reset_after, tanh,
+sigmoid gates; `kernel [D, 3H]`, `recurrent_kernel [H, 3H]`, `bias [2, 3H]`, gate order z, r, h):
+
+    x_z, x_r, x_h = x_t W + b_in                       (all T steps in one matmul, before the loop)
+    r_z, r_r, r_h = h_{t−1} U + b_rec
+    z = σ(x_z + r_z);  r = σ(x_r + r_r);  h̃ = tanh(x_h + r ⊙ r_h)
+    h_t = z ⊙ h_{t−1} + (1 − z) ⊙ h̃ = h_{t−1} + (1 − z) ⊙ (h̃ − h_{t−1})
+
+tests/test_gru.py checks outputs and gradients against `keras.layers.GRU` with the same weights.
+
+Why not Keras' layer: on a CPU its loop is a `tf.while_loop` whose body projects the input of every
+step separately, slices `[B, 3H]` tensors per gate (each slice's gradient writes a zero-filled
+`[B, 3H]`) and selects with the mask — in TF's profiler of the shipped ML-1M step the slices, their
+gradients, splits and selects outweighed the matmuls. Here the input projection is one `[B·T, D]`
+matmul, the loop is unrolled over the static window (T small: the window of recent items), the
+update gate's columns are negated once so one sigmoid gives (1 − z, r), and padding is a −1e4 update
+logit (1 − z = 0: the state passes through unchanged, the same as Keras' masked step). Unrolled,
+the halves of a split batch (`train.batch_splits`) run their chains of small ops side by side on two
+cores; Keras' while loops did not gain from it (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+_PAD_LOGIT = -1e4  # σ(−1e4) = 0 in float32: at padding 1 − z = 0, gradients 0 too
+
+
+class UnrolledGRU(keras.layers.Layer):
+    """call(x float [B, T, D] with T static, mask [B, T] (True/1 = item, False/0 = padding)) → h_T [B, units].
+
+    h_0 = 0; padding steps leave the state unchanged (right-aligned histories: padding first, so a row
+    of all padding returns zeros).
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.supports_masking = True  # takes `mask` like Keras' GRU; the output [B, H] carries none
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def build(self, input_shape):
+        dim, h = input_shape[-1], self.units
+        self.kernel = self.add_weight(shape=(dim, 3 * h), initializer="glorot_uniform", name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(h, 3 * h), initializer="orthogonal", name="recurrent_kernel")
+        self.bias = self.add_weight(shape=(2, 3 * h), initializer="zeros", name="bias")
+        self.built = True
+
+    def call(self, x, mask=None):
+        steps, h_units = x.shape[1], self.units
+        if steps is None:
+            raise ValueError("UnrolledGRU needs a static number of steps (pad the window to a fixed length)")
+        dtype = x.dtype
+        # Negate the update gate's columns once: σ(−a_z) = 1 − z comes out of the same sigmoid as r.
+        sign = tf.concat([-tf.ones([h_units], dtype), tf.ones([2 * h_units], dtype)], axis=0)
+        kernel, recurrent = self.kernel * sign, self.recurrent_kernel * sign
+        bias_in, bias_rec = self.bias[0] * sign, self.bias[1] * sign
+        projected = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel) + bias_in  # [B·T, 3H]
+        projected = tf.reshape(projected, [-1, steps, 3 * h_units])
+        if mask is not None:
+            # −1e4 on the (negated) update logit at padding: 1 − z = 0, the state passes through.
+            pad = (1.0 - tf.cast(mask, dtype)) * tf.cast(_PAD_LOGIT, dtype)  # [B, T]
+            projected = projected + tf.concat(
+                [tf.repeat(pad[..., None], h_units, axis=-1), tf.zeros_like(projected[..., h_units:])], axis=-1)
+        state = None
+        # unstack, not x[:, t]: one Unpack whose gradient is one Pack, not T zero-filled slice gradients.
+        for step in tf.unstack(projected, axis=1):
+            x_gates, x_h = tf.split(step, [2 * h_units, h_units], axis=-1)
+            if state is None:  # h_0 = 0: h U = 0
+                pre = tf.broadcast_to(bias_rec, tf.shape(step))
+            else:
+                pre = tf.nn.bias_add(tf.matmul(state, recurrent), bias_rec)
+            r_gates, r_h = tf.split(pre, [2 * h_units, h_units], axis=-1)
+            keep, reset = tf.split(tf.sigmoid(x_gates + r_gates), 2, axis=-1)  # 1 − z, r
+            candidate = tf.tanh(x_h + reset * r_h)
+            state = keep * candidate if state is None else state + keep * (candidate - state)
+        if state is None:  # a window of zero steps
+            return tf.zeros([tf.shape(x)[0], h_units], dtype)
+        return state
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
