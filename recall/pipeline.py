@@ -287,7 +287,12 @@ def load_run(run_dir: str | Path):
     best = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "best"))
     if best is None:
         raise RecallError(f"{run_dir}/checkpoints/best: no trained weights; run `recall train` on it first")
-    tf.train.Checkpoint(user=user, items=items).restore(best).expect_partial()
+    try:  # every weight of the model must come from the checkpoint, in its shape (optimizer slots may be left)
+        tf.train.Checkpoint(user=user, items=items).restore(best).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as err:
+        detail = str(err).strip().splitlines()[0][:160]
+        raise RecallError(f"{best}: the checkpoint does not fit the model that {cfg_path.name} describes ({detail}); "
+                          "it was written for another config or version of recall — retrain with `recall train`") from err
     return cfg, data, user, items
 
 

@@ -276,3 +276,20 @@ def test_subprocess_data_error_after_tensorflow_import(tmp_path, data):
 def test_subprocess_query_without_manifest(tmp_path):
     proc = run_cli(["query", str(tmp_path), "--history", "1"], tmp_path)
     assert_subprocess_error(proc, "manifest.json")
+
+
+@pytest.mark.parametrize("change", [("gru: 0", "gru: 2"), ("dim: 8", "dim: 6")], ids=["missing-weights", "shapes"])
+def test_evaluate_a_checkpoint_that_does_not_fit(tmp_path, capsys, data, change):
+    # A checkpoint written for another model (config.yaml edited since: a GRU the run never had, or
+    # another width) must not load with freshly initialised weights in place of the missing ones.
+    run = tmp_path / "run"
+    cfg = file_config(tmp_path, data["csv"], "model:\n  dim: 8\n  hidden: [8]\nloss:\n  num_sampled: 4\n"
+                                             "train:\n  epochs: 1\n  early_stopping: null\neval:\n  ks: [5]\n")
+    assert main(["train", str(cfg), "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    text = (run / "config.yaml").read_text()
+    assert change[0] in text
+    (run / "config.yaml").write_text(text.replace(*change, 1))
+    metrics = (run / "metrics.json").read_text()
+    assert_user_error(capsys, ["evaluate", str(run)], "checkpoints", "does not fit", "retrain")
+    assert (run / "metrics.json").read_text() == metrics

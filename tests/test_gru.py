@@ -17,8 +17,8 @@ def _pair(dim, units, seed=0):
     ours, ref = UnrolledGRU(units), keras.layers.GRU(units)
     ours.build((None, 3, dim))
     ref.build((None, 3, dim))
-    for a, b in [(ours.kernel, ref.cell.kernel), (ours.recurrent_kernel, ref.cell.recurrent_kernel),
-                 (ours.bias, ref.cell.bias)]:
+    for a, b in [(ours.cell.kernel, ref.cell.kernel), (ours.cell.recurrent_kernel, ref.cell.recurrent_kernel),
+                 (ours.cell.bias, ref.cell.bias)]:
         assert tuple(a.shape) == tuple(b.shape)  # the same layout: z, r, h gates; bias [input, recurrent]
         value = rng.normal(0, 0.5, tuple(a.shape)).astype(np.float32)
         a.assign(value)
@@ -41,9 +41,9 @@ def test_one_step_by_hand():
     # h_1 = ½ · 0 + ½ · tanh(x).
     layer = UnrolledGRU(1)
     layer.build((None, 1, 1))
-    layer.kernel.assign([[0.0, 0.0, 1.0]])
-    layer.recurrent_kernel.assign(np.zeros((1, 3), np.float32))
-    layer.bias.assign(np.zeros((2, 3), np.float32))
+    layer.cell.kernel.assign([[0.0, 0.0, 1.0]])
+    layer.cell.recurrent_kernel.assign(np.zeros((1, 3), np.float32))
+    layer.cell.bias.assign(np.zeros((2, 3), np.float32))
     out = layer(tf.constant([[[0.8]]]), mask=tf.constant([[True]])).numpy()
     np.testing.assert_allclose(out, [[0.5 * np.tanh(0.8)]], rtol=1e-6)
 
@@ -70,7 +70,7 @@ def test_gradients_match_keras_gru(steps):
             loss = tf.reduce_sum(layer(x, mask=mask) * upstream)
         return tape.gradient(loss, [x, *weights])
 
-    got = grads(ours, [ours.kernel, ours.recurrent_kernel, ours.bias])
+    got = grads(ours, [ours.cell.kernel, ours.cell.recurrent_kernel, ours.cell.bias])
     want = grads(ref, [ref.cell.kernel, ref.cell.recurrent_kernel, ref.cell.bias])
     for name, g, w in zip(["x", "kernel", "recurrent_kernel", "bias"], got, want):
         # One step never multiplies h_0 = 0 by the recurrent kernel: no gradient (None), Keras' is zeros.
@@ -91,8 +91,36 @@ def test_gradients_inside_a_traced_function():
             return tape.gradient(loss, kernel)
         return traced().numpy()
 
-    np.testing.assert_allclose(grad_of(ours, ours.recurrent_kernel), grad_of(ref, ref.cell.recurrent_kernel),
+    np.testing.assert_allclose(grad_of(ours, ours.cell.recurrent_kernel), grad_of(ref, ref.cell.recurrent_kernel),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_padding_anywhere_matches_keras_gru():
+    # Keras carries the state through any masked step, not only leading ones.
+    ours, ref = _pair(3, 4, seed=4)
+    x, _ = _batch(7, 6, 3, seed=4)
+    mask = tf.constant(np.random.default_rng(5).random((7, 6)) < 0.6)
+    np.testing.assert_allclose(ours(x, mask=mask).numpy(), ref(x, mask=mask).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_same_initializers_as_keras():
+    layer = UnrolledGRU(8)
+    layer.build((None, 3, 5))
+    u = layer.cell.recurrent_kernel.numpy()  # orthogonal over the whole [H, 3H]: orthonormal rows
+    np.testing.assert_allclose(u @ u.T, np.eye(8), atol=1e-5)
+    limit = np.sqrt(6.0 / (5 + 24))  # glorot_uniform over [D, 3H]
+    assert np.abs(layer.cell.kernel.numpy()).max() <= limit
+    np.testing.assert_array_equal(layer.cell.bias.numpy(), np.zeros((2, 24)))
+
+
+def test_restores_a_keras_gru_checkpoint(tmp_path):
+    # Runs trained when the tower used keras.layers.GRU keep their weights: the same object paths.
+    ours, ref = _pair(5, 6, seed=6)
+    ours.cell.kernel.assign(np.zeros((5, 18), np.float32))
+    path = tf.train.Checkpoint(sequence=ref).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(sequence=ours).restore(path).assert_existing_objects_matched()
+    x, mask = _batch(4, 3, 5, seed=6)
+    np.testing.assert_allclose(ours(x, mask=mask).numpy(), ref(x, mask=mask).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_needs_a_static_window():
@@ -100,6 +128,24 @@ def test_needs_a_static_window():
     fn = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec([None, None, 2])])
     with pytest.raises(ValueError, match="static number of steps"):
         fn.get_concrete_function()
+
+
+@pytest.mark.parametrize("parts", [{"gru": 4, "recent": 2}, {"last_items": 3}, {"attention": True},
+                                   {"min_gru": 4, "min_gru_heads": 2}, {"transformer": 4, "transformer_heads": 2}],
+                         ids=["gru+recent", "last_items", "attention", "min_gru", "transformer"])
+@pytest.mark.parametrize("width", [0, 1, 3])
+def test_serving_histories_of_any_width(parts, width):
+    # A history narrower than every window (even empty) is the same user as its items right-aligned
+    # in max_history columns.
+    keras.utils.set_random_seed(0)
+    tower = UserTower(20, 4, [8], 6, example_age=False, name="user", **parts)
+    serve = tf.function(lambda h: tower({"history": h, "age": tf.zeros([tf.shape(h)[0]]),
+                                         "user_features": tf.zeros([tf.shape(h)[0], 0], tf.int32)}),
+                        input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    items = [5, 7, 2][:width]
+    full = np.array([[-1] * (6 - width) + items], np.int32)
+    np.testing.assert_allclose(serve(tf.constant([items], tf.int32) if width else tf.zeros([1, 0], tf.int32)).numpy(),
+                               serve(tf.constant(full)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_tower_pads_short_serving_histories_to_the_window():

@@ -37,7 +37,8 @@ class UnrolledGRU(keras.layers.Layer):
     """call(x float [B, T, D] with T static, mask [B, T] (True/1 = item, False/0 = padding)) → h_T [B, units].
 
     h_0 = 0; padding steps leave the state unchanged (right-aligned histories: padding first, so a row
-    of all padding returns zeros).
+    of all padding returns zeros). Inputs at padding must be finite (the tower's are zeros): the −1e4
+    logit multiplies their candidate by 0, where Keras selects the old state.
     """
 
     def __init__(self, units: int, **kwargs):
@@ -49,10 +50,9 @@ class UnrolledGRU(keras.layers.Layer):
         return None
 
     def build(self, input_shape):
-        dim, h = input_shape[-1], self.units
-        self.kernel = self.add_weight(shape=(dim, 3 * h), initializer="glorot_uniform", name="kernel")
-        self.recurrent_kernel = self.add_weight(shape=(h, 3 * h), initializer="orthogonal", name="recurrent_kernel")
-        self.bias = self.add_weight(shape=(2, 3 * h), initializer="zeros", name="bias")
+        # The weights sit on a `cell` sublayer as in Keras' GRU (`sequence.cell.kernel`), so runs
+        # trained with `keras.layers.GRU` restore into this layer.
+        self.cell = _Weights(input_shape[-1], self.units, name="gru_cell")
         self.built = True
 
     def call(self, x, mask=None):
@@ -62,8 +62,8 @@ class UnrolledGRU(keras.layers.Layer):
         dtype = x.dtype
         # Negate the update gate's columns once: σ(−a_z) = 1 − z comes out of the same sigmoid as r.
         sign = tf.concat([-tf.ones([h_units], dtype), tf.ones([2 * h_units], dtype)], axis=0)
-        kernel, recurrent = self.kernel * sign, self.recurrent_kernel * sign
-        bias_in, bias_rec = self.bias[0] * sign, self.bias[1] * sign
+        kernel, recurrent = self.cell.kernel * sign, self.cell.recurrent_kernel * sign
+        bias_in, bias_rec = self.cell.bias[0] * sign, self.cell.bias[1] * sign
         projected = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel) + bias_in  # [B·T, 3H]
         projected = tf.reshape(projected, [-1, steps, 3 * h_units])
         if mask is not None:
@@ -89,4 +89,17 @@ class UnrolledGRU(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+class _Weights(keras.layers.Layer):
+    """Keras' GRUCell weights and initializers: kernel [D, 3H] glorot_uniform, recurrent_kernel
+    [H, 3H] orthogonal, bias [2, 3H] zeros (input and recurrent biases)."""
+
+    def __init__(self, dim: int, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel = self.add_weight(shape=(dim, 3 * units), initializer="glorot_uniform", name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(units, 3 * units), initializer="orthogonal",
+                                                name="recurrent_kernel")
+        self.bias = self.add_weight(shape=(2, 3 * units), initializer="zeros", name="bias")
+        self.built = True
 
