@@ -290,7 +290,7 @@ def load_run(run_dir: str | Path):
     try:  # every weight of the model must come from the checkpoint, in its shape (optimizer slots may be left)
         tf.train.Checkpoint(user=user, items=items).restore(best).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as err:
-        detail = str(err).strip().splitlines()[0][:160]
+        detail = str(err).strip().splitlines()[0].split(". ")[0].rstrip(".")[:200]  # its first sentence
         raise RecallError(f"{best}: the checkpoint does not fit the model that {cfg_path.name} describes ({detail}); "
                           "it was written for another config or version of recall — retrain with `recall train`") from err
     return cfg, data, user, items
