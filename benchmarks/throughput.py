@@ -68,7 +68,7 @@ ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
 DEEPMATCH = ["model.dim=32", "model.hidden=[64]", "loss.num_sampled=255", "loss.sampler=log_uniform",
              "model.max_history=50", "model.recent=0", "model.gru=0", "model.tie_embeddings=false",
              "model.dropout=0", "train.lr_schedule=constant", "data.user_features=null",
-             "train.intra_op_threads=1", "train.batch_splits=2"]  # two halves side by side: 183–200k → 215–238k ex/s
+             "train.intra_op_threads=1", "train.batch_splits=2"]  # two halves side by side: 183–200k → 215–238k ex/s by hand (RESULTS.md)
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -69,8 +69,8 @@ class UnrolledGRU(keras.layers.Layer):
         if mask is not None:
             # −1e4 on the (negated) update logit at padding: 1 − z = 0, the state passes through.
             pad = (1.0 - tf.cast(mask, dtype)) * tf.cast(_PAD_LOGIT, dtype)  # [B, T]
-            projected = projected + tf.concat(
-                [tf.repeat(pad[..., None], h_units, axis=-1), tf.zeros_like(projected[..., h_units:])], axis=-1)
+            update_columns = tf.concat([tf.ones([h_units], dtype), tf.zeros([2 * h_units], dtype)], axis=0)
+            projected = projected + pad[..., None] * update_columns
         state = None
         # unstack, not x[:, t]: one Unpack whose gradient is one Pack, not T zero-filled slice gradients.
         for step in tf.unstack(projected, axis=1):
