@@ -48,6 +48,9 @@ def run(config: Path, overrides: list[str], run_dir: Path) -> dict:
 
 
 def main() -> int:
+    from recall.hugepages import restart_with_huge_pages
+
+    restart_with_huge_pages()  # train as `recall train` does (recall/hugepages.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "ml-1m.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

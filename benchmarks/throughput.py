@@ -17,7 +17,9 @@ Sections (`--only ml1m,scaling,input,eval`):
   (`train.intra_op_threads=1`: its ops are small) and each batch as two halves run side by side
   (`train.batch_splits=2`), at each `--ml1m-batches` size;
   (b) the shipped configs/ml-1m.yaml and (c) configs/ml-1m-fast.yaml (minGRU, batch 1024 in two
-  parallel halves), each with its own batch size. Once per optimiser in `--optimizers`.
+  parallel halves), each with its own batch size and `model.compute_dtype: auto` (bfloat16 matmuls
+  on CPUs with AVX512-BF16 or AMX); with `--float32` also (b) and (c) in float32. Once per optimiser
+  in `--optimizers`.
 - **scaling** — the median step time and the process's peak RSS at 10k, 100k, 1M items (and 10M
   with `--big`), each size in `--repeats` fresh processes run in interleaved rounds (step times vary
   between processes more than between sizes: the median over processes is reported, and the ratio
@@ -78,14 +80,24 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def current_rss_bytes() -> int:
+def _proc_kib_field(path: str, field: str) -> int:
+    """Bytes of a "Field:  N kB" line of a /proc file of this process (0 if unknown)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def current_rss_bytes() -> int:
+    return _proc_kib_field("/proc/self/status", "VmRSS")
+
+
+def huge_page_bytes() -> int:
+    """How much of this process's memory sits on transparent huge pages now (0 if unknown)."""
+    return _proc_kib_field("/proc/self/smaps_rollup", "AnonHugePages")
 
 
 def gib(n: int | None) -> str:
@@ -111,9 +123,20 @@ def machine() -> dict:
                 "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def _huge_pages_setting() -> str:
+    from recall import hugepages
+
+    if hugepages.TUNABLE in hugepages.environ().get("GLIBC_TUNABLES", "").split(":"):
+        return f"on ({hugepages.TUNABLE}, THP {hugepages.thp_mode()})"
+    return f"off (THP mode {hugepages.thp_mode()}, {hugepages.ENV_SWITCH}={os.environ.get(hugepages.ENV_SWITCH, 'unset')})"
+
+
 def run_worker(task: dict, timeout: float | None = None) -> dict:
     """Run `task` in a fresh Python process (this file, --worker); its JSON result."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    from recall.hugepages import environ
+
+    # As `recall train` runs (huge pages for the big tables: recall/hugepages.py), unless RECALL_HUGE_PAGES=0.
+    env = {**environ(), "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(task)]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -253,7 +276,7 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
             "ms_per_step": round(1000 * times[len(times) // 2], 2),
             "ms_p10": round(1000 * times[len(times) // 10], 2), "ms_p90": round(1000 * times[(9 * len(times)) // 10], 2),
             "build_seconds": round(build_seconds, 2), "rss_model": rss_model - rss0, "rss_baseline": rss0,
-            "peak_rss": peak_rss_bytes(), "final_loss": round(loss, 4)}
+            "peak_rss": peak_rss_bytes(), "huge_pages": huge_page_bytes(), "final_loss": round(loss, 4)}
 
 
 # --- input: example generation + ExampleBatcher rate (worker) --------------------------------------
@@ -515,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                     "reported (default 3; --quick 1)")
     ap.add_argument("--sizes", help="scaling: catalogue sizes (default 10000,100000,1000000; --quick 10000,100000)")
     ap.add_argument("--big", action="store_true", help="scaling: add 10,000,000 items")
+    ap.add_argument("--float32", action="store_true",
+                    help="ml1m: also the shipped and fast configs with model.compute_dtype=float32 (their auto "
+                         "setting is bfloat16 where the CPU has AVX512-BF16 or AMX)")
     ap.add_argument("--interactions", type=int, help="input: synthetic interactions (default 10M; --quick 1M)")
     ap.add_argument("--run-dir", help="eval: a trained run directory (default: untrained towers, timing only)")
     ap.add_argument("--ann", action="store_true", help="eval: also IVF/HNSW over --ann-items × --ann-queries")
@@ -566,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         "ann_factories": args.ann_factories or ("IVF256,Flat@nprobe=16;HNSW32@ef_search=128" if q
                                                 else "IVF4096,Flat@nprobe=32;HNSW32@ef_search=256"),
         "run_dir": args.run_dir,
+        # what the workers run with (recall/hugepages.py): the tunable, or why not
+        "huge_pages": _huge_pages_setting(),
     }
     from recall.io import write_json
 
@@ -595,6 +623,10 @@ def main(argv: list[str] | None = None) -> int:
             cases = [("DeepMatch shape", args.config, DEEPMATCH, b) for b in settings["ml1m_batches"]]
             cases.append(("shipped ml-1m.yaml", args.config, [], None))
             cases.append(("ml-1m-fast.yaml", args.fast_config, [], None))
+            if args.float32:  # the configs' `compute_dtype: auto` is bfloat16 on CPUs with AVX512-BF16/AMX
+                f32 = ["model.compute_dtype=float32"]
+                cases.append(("shipped, float32", args.config, f32, None))
+                cases.append(("ml-1m-fast.yaml, float32", args.fast_config, f32, None))
             with tempfile.TemporaryDirectory(prefix="recall-throughput-") as tmp:
                 for i, (name, config, overrides, batch) in enumerate(cases):
                     for opt in optimizers:

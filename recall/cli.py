@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     try:
         args = _parser().parse_args(argv)
+        if argv is None and args.command == "train":  # a process of its own (not main([...]) in a test)
+            from recall.hugepages import restart_with_huge_pages
+
+            restart_with_huge_pages()  # returns unless it restarts this process (recall/hugepages.py)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "faiss"):

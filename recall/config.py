@@ -113,6 +113,10 @@ class ModelConfig(_Section):
     transformer_heads: int = Field(1, ge=1, le=64, description="attention heads; must divide model.dim")
     transformer_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout inside the transformer")
     tie_embeddings: bool = Field(False, description="history embeddings share the output item table")
+    compute_dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32", description="dtype of the user tower's GRU and hidden-layer matmuls: bfloat16 is faster on "
+        "CPUs with AVX512-BF16 or AMX; weights, embeddings, the GRU state, the query vector and the loss stay "
+        "float32; auto = bfloat16 where the CPU has those instructions, else float32")
     item_bias: bool = True
     feature_dim: int = Field(16, ge=1, le=4096, description="embedding width of each categorical user feature")
     example_age: bool = Field(True, description="Covington et al.'s example-age feature (served as 0)")

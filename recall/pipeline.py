@@ -69,6 +69,28 @@ def prepare_data(cfg: Config) -> Data:
     return Data(split, examples, make_queries(split, "valid", m), make_queries(split, "test", m), features)
 
 
+def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX-BF16)? None if it cannot tell."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_compute_dtype(setting: str, native: bool | None = None) -> str:
+    """`model.compute_dtype` → the dtype the tower uses: "auto" is bfloat16 only on a CPU that has it natively.
+    An explicit bfloat16 on a CPU without it is kept, with a warning (emulated: slower than float32)."""
+    native = native_bfloat16() if native is None else native
+    if setting == "auto":
+        return "bfloat16" if native else "float32"
+    if setting == "bfloat16" and native is False:
+        log.warning("model.compute_dtype=bfloat16: this CPU has no AVX512-BF16 or AMX, so bfloat16 matmuls are "
+                    "emulated and slower than float32; set model.compute_dtype=float32 or auto")
+    return setting
+
+
 def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
     """(user_tower, item_tower), built (weights created) so checkpoints can restore into them."""
     import math
@@ -80,6 +102,7 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
 
     keras.utils.set_random_seed(cfg.seed)  # initial weights (and dropout streams) follow the config's seed
     mc = cfg.model
+    compute_dtype = resolve_compute_dtype(mc.compute_dtype)
     # NCE/NEG fit a self-normalised model: start every bias at −log N (Z ≈ 1). At 0, a rare item seldom
     # drawn as a negative keeps its bias and outranks everything (quickstart, 1 epoch, dim 16: nce test
     # HR@50 0.000 with zeros vs 0.125 with −log N).
@@ -93,7 +116,7 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
         transformer=mc.transformer, transformer_blocks=mc.transformer_blocks,
         transformer_heads=mc.transformer_heads, transformer_dropout=mc.transformer_dropout,
         example_age=mc.example_age,
-        dropout=mc.dropout, normalize=mc.normalize,
+        dropout=mc.dropout, normalize=mc.normalize, compute_dtype=compute_dtype,
         temperature=mc.temperature, shared_items=items if mc.tie_embeddings else None, name="user",
     )
     user({"history": tf.fill([1, mc.max_history], -1), "age": tf.zeros([1]),

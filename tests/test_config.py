@@ -365,3 +365,12 @@ def test_batch_splits_cannot_exceed_the_batch(tmp_path):
     path = write(tmp_path, "train:\n  batch_size: 4\n")
     assert "train.batch_splits (5)" in error_of(path, ["train.batch_splits=5"])
     assert load_config(path, ["train.batch_splits=4"]).train.batch_splits == 4
+
+
+def test_compute_dtype_names_the_choices(tmp_path):
+    path = write(tmp_path, "")
+    assert load_config(path, ["model.compute_dtype=bfloat16"]).model.compute_dtype == "bfloat16"
+    assert load_config(path, ["model.compute_dtype=auto"]).model.compute_dtype == "auto"
+    assert load_config(path).model.compute_dtype == "float32"
+    message = error_of(path, ["model.compute_dtype=float16"])
+    assert "model.compute_dtype" in message and "bfloat16" in message

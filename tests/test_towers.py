@@ -188,3 +188,50 @@ def test_transformer_with_tied_embeddings_reads_the_output_table():
     before = tower(_feats([[-1, -1, -1, 3, 5, 7]])).numpy()
     items.embeddings.assign(items.embeddings * 2.0)
     assert not np.allclose(tower(_feats([[-1, -1, -1, 3, 5, 7]])).numpy(), before)
+
+
+def test_bfloat16_tower_restores_a_float32_checkpoint_and_returns_float32(tmp_path):
+    # compute_dtype changes how the matmuls run, not the weights: the same variables (float32, same
+    # paths) and a float32 query vector close to the float32 tower's.
+    rng = np.random.default_rng(4)
+    inputs = {"history": tf.constant(rng.integers(-1, 40, (16, 12)), tf.int32), "age": tf.zeros([16]),
+              "user_features": tf.zeros([16, 0], tf.int32)}
+    full = UserTower(40, 16, [32], 12, gru=5, recent=3, dropout=0.2, name="user")
+    half = UserTower(40, 16, [32], 12, gru=5, recent=3, dropout=0.2, compute_dtype="bfloat16", name="user")
+    full(inputs), half(inputs)
+    path = tf.train.Checkpoint(user=full).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(user=half).restore(path).assert_existing_objects_matched()
+    assert [w.dtype for w in half.weights] == ["float32"] * len(half.weights)
+    assert [layer.compute_dtype for layer in half.mlp] == ["bfloat16"] * len(half.mlp)
+    assert half.out.compute_dtype == "float32"  # the query vector keeps float32 precision
+    a, b = full(inputs).numpy(), half(inputs)
+    assert b.dtype == tf.float32
+    np.testing.assert_allclose(b.numpy(), a, rtol=0, atol=0.02 * np.abs(a).max())
+    assert not np.array_equal(b.numpy(), a)
+
+
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path):
+    from recall.pipeline import native_bfloat16
+
+    cpu = tmp_path / "cpuinfo"
+    cpu.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert native_bfloat16(str(cpu)) is True
+    cpu.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_tile amx_bf16\n")
+    assert native_bfloat16(str(cpu)) is True
+    cpu.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert native_bfloat16(str(cpu)) is False  # → build_model warns that bfloat16 is emulated
+    assert native_bfloat16(str(tmp_path / "missing")) is None  # not Linux: no warning
+
+
+def test_auto_compute_dtype_follows_the_cpu(caplog, monkeypatch):
+    from recall import pipeline
+    from recall.pipeline import resolve_compute_dtype
+
+    assert resolve_compute_dtype("auto", native=True) == "bfloat16"
+    assert resolve_compute_dtype("auto", native=False) == "float32"
+    monkeypatch.setattr(pipeline, "native_bfloat16", lambda: None)  # cannot tell (no /proc/cpuinfo)
+    assert resolve_compute_dtype("auto") == "float32"  # the safe choice
+    assert resolve_compute_dtype("float32", native=True) == "float32"
+    with caplog.at_level("WARNING"):
+        assert resolve_compute_dtype("bfloat16", native=False) == "bfloat16"  # the user asked: kept
+    assert "emulated" in caplog.text and "model.compute_dtype" in caplog.text

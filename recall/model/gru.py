@@ -41,9 +41,12 @@ class UnrolledGRU(keras.layers.Layer):
     logit multiplies their candidate by 0, where Keras selects the old state.
     """
 
-    def __init__(self, units: int, **kwargs):
+    def __init__(self, units: int, matmul_dtype: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.units = units
+        # "bfloat16": the input and recurrent matmuls take bfloat16 operands (float32 accumulation in
+        # oneDNN) and return float32; gates, state and weights stay float32. None: the input's dtype.
+        self.matmul_dtype = matmul_dtype
         self.supports_masking = True  # takes `mask` like Keras' GRU; the output [B, H] carries none
 
     def compute_mask(self, inputs, mask=None):
@@ -62,9 +65,11 @@ class UnrolledGRU(keras.layers.Layer):
         dtype = x.dtype
         # Negate the update gate's columns once: σ(−a_z) = 1 − z comes out of the same sigmoid as r.
         sign = tf.concat([-tf.ones([h_units], dtype), tf.ones([2 * h_units], dtype)], axis=0)
-        kernel, recurrent = self.cell.kernel * sign, self.cell.recurrent_kernel * sign
+        mm = tf.as_dtype(self.matmul_dtype or dtype)
+        kernel = tf.cast(self.cell.kernel * sign, mm)
+        recurrent = tf.cast(self.cell.recurrent_kernel * sign, mm)
         bias_in, bias_rec = self.cell.bias[0] * sign, self.cell.bias[1] * sign
-        projected = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel) + bias_in  # [B·T, 3H]
+        projected = tf.cast(tf.matmul(tf.cast(tf.reshape(x, [-1, x.shape[-1]]), mm), kernel), dtype) + bias_in  # [B·T, 3H]
         projected = tf.reshape(projected, [-1, steps, 3 * h_units])
         if mask is not None:
             # −1e4 on the (negated) update logit at padding: 1 − z = 0, the state passes through.
@@ -78,7 +83,7 @@ class UnrolledGRU(keras.layers.Layer):
             if state is None:  # h_0 = 0: h U = 0
                 pre = tf.broadcast_to(bias_rec, tf.shape(step))
             else:
-                pre = tf.nn.bias_add(tf.matmul(state, recurrent), bias_rec)
+                pre = tf.nn.bias_add(tf.cast(tf.matmul(tf.cast(state, mm), recurrent), dtype), bias_rec)
             r_gates, r_h = tf.split(pre, [2 * h_units, h_units], axis=-1)
             keep, reset = tf.split(tf.sigmoid(x_gates + r_gates), 2, axis=-1)  # 1 − z, r
             candidate = tf.tanh(x_h + reset * r_h)
@@ -88,7 +93,7 @@ class UnrolledGRU(keras.layers.Layer):
         return state
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "matmul_dtype": self.matmul_dtype}
 
 
 class _Weights(keras.layers.Layer):

@@ -120,6 +120,7 @@ class UserTower(keras.layers.Layer):
         normalize: bool = False,
         temperature: float = 1.0,
         shared_items: ItemTower | None = None,
+        compute_dtype: str = "float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,6 +144,11 @@ class UserTower(keras.layers.Layer):
         self.dropout_rate = dropout
         self.normalize = normalize
         self.temperature = temperature
+        self.compute_dtype_name = compute_dtype
+        # bfloat16: the hidden layers (and their dropout) run under Keras' mixed policy (float32 weights,
+        # bfloat16 matmuls) and the GRU casts its matmul operands; the pooled parts, the embeddings, the
+        # output layer and the loss stay float32.
+        policy = "mixed_bfloat16" if compute_dtype == "bfloat16" else None
         # Weight tying: history embeddings are the output table itself (a layer reference, so
         # checkpoints hold one copy).
         self.shared_items = shared_items
@@ -156,19 +162,22 @@ class UserTower(keras.layers.Layer):
             keras.layers.Embedding(size + 1, feature_dim, name=f"feature_{i}")
             for i, size in enumerate(self.feature_sizes)
         ]
-        self.mlp = [keras.layers.Dense(width, activation="relu", name=f"hidden_{i}") for i, width in enumerate(self.hidden)]
+        self.mlp = [keras.layers.Dense(width, activation="relu", name=f"hidden_{i}", dtype=policy)
+                    for i, width in enumerate(self.hidden)]
         # tf.train.Checkpoint does not look inside Keras 3's tracked lists (keras-team/keras#18398):
         # without an attribute of their own these layers' weights are missing from every checkpoint.
         for layer in [*self.feature_embeddings, *self.mlp]:
             setattr(self, layer.name, layer)
-        self.drop = keras.layers.Dropout(dropout) if dropout > 0 else None
+        self.drop = keras.layers.Dropout(dropout, dtype=policy) if dropout > 0 else None
+        # float32 even under bfloat16: the query vector keeps float32 precision for the index's ranking
+        # (the layer is 1/20 of the shipped tower's matmul work).
         self.out = keras.layers.Dense(dim, name="output")
         if gru:
             # A GRU over the last `gru` items (GRU4Rec-style): order and short-term dynamics. Keras'
             # GRU function and weights, unrolled over the window (recall/model/gru.py; with split
             # batches the shipped config trains 14,968 → 21,037 examples/s, benchmarks/quality.py);
             # the window is padded to `gru` steps, so the exported tower still takes any history length.
-            self.sequence = UnrolledGRU(dim, name="sequence")
+            self.sequence = UnrolledGRU(dim, matmul_dtype=compute_dtype, name="sequence")
         if min_gru:
             # The same recurrence shape without h_{t-1} in the gates: one matmul, no sequential loop.
             self.min_gru = MinGRU(dim, min_gru_heads, name="min_gru")
@@ -294,4 +303,5 @@ class UserTower(keras.layers.Layer):
                 "transformer": self.transformer_window, "transformer_blocks": self.transformer_blocks,
                 "transformer_heads": self.transformer_heads, "transformer_dropout": self.transformer_dropout,
                 "example_age": self.example_age,
-                "dropout": self.dropout_rate, "normalize": self.normalize, "temperature": self.temperature}
+                "dropout": self.dropout_rate, "normalize": self.normalize, "temperature": self.temperature,
+                "compute_dtype": self.compute_dtype_name}

@@ -1,0 +1,88 @@
+"""Transparent huge pages for the big tables: `recall train` restarts itself once with glibc's
+`glibc.malloc.hugetlb=1` tunable (Linux, glibc ≥ 2.35, THP in `madvise` mode).
+
+Why: a step reads and writes rows of the item table and of the optimiser's two moment slots at
+random — at 1M items × dim 32 three arrays of 128 MiB each. With 4 KiB pages nearly every such row
+access also misses the TLB (it covers a few MiB); with 2 MiB pages the page walk goes away. On the
+catalogue-scaling benchmark (DeepMatch shape, lazy Adam, 1M items) the step went 5.7–5.8 → 5.3–5.5
+ms, the same at 10k items and the same peak memory (benchmarks/RESULTS.md). Results do not change:
+only where the memory sits.
+
+How: TensorFlow allocates tensors with `malloc`, and glibc hands big allocations out as `mmap`ed
+chunks. Most kernels ship THP in `madvise` mode (huge pages only where a program asks with
+`madvise(MADV_HUGEPAGE)`), and glibc asks for its chunks only when the tunable is set, which glibc
+reads once at process start — so the process has to start again with it. `os.execv` replaces the
+process in place (same pid, same stdin/stdout/stderr, same exit code), before TensorFlow is imported.
+
+Off when: `RECALL_HUGE_PAGES=0`; not Linux or not glibc ≥ 2.35; THP `always` (already on) or
+`never`; or the tunable is already in `GLIBC_TUNABLES` (which is also what stops a second restart).
+Library users (`recall.train` from Python) can set `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+TUNABLE = "glibc.malloc.hugetlb=1"
+ENV_SWITCH = "RECALL_HUGE_PAGES"  # "0" turns the restart off
+THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_MIN_GLIBC = (2, 35)  # the first glibc with the `glibc.malloc.hugetlb` tunable
+
+
+def thp_mode(path: Path = THP_MODE_FILE) -> str | None:
+    """The kernel's THP mode ("always", "madvise" or "never": the bracketed word), None if unknown."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
+def glibc_version() -> tuple[int, int] | None:
+    """(major, minor) of the C library if it is glibc, else None (musl, macOS, Windows)."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        major, minor = version.split(".")[:2]
+        return (int(major), int(minor)) if name == "glibc" else None
+    except (AttributeError, ValueError, OSError, TypeError):
+        return None
+
+
+def wanted(env: Mapping[str, str] | None = None, mode: str | None = None,
+           glibc: tuple[int, int] | None = None, platform: str | None = None) -> bool:
+    """Would a restart with the tunable help here? (The arguments default to this machine.)"""
+    env = os.environ if env is None else env
+    if env.get(ENV_SWITCH, "1").strip() == "0" or TUNABLE in env.get("GLIBC_TUNABLES", "").split(":"):
+        return False
+    if (platform or sys.platform) != "linux":
+        return False
+    glibc = glibc_version() if glibc is None else glibc
+    if glibc is None or glibc < _MIN_GLIBC:
+        return False
+    return (thp_mode() if mode is None else mode) == "madvise"
+
+
+def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of `env` (default os.environ) with the tunable added when `wanted`: for child processes."""
+    env = dict(os.environ if env is None else env)
+    if wanted(env):
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES", ""), TUNABLE]))
+    return env
+
+
+def restart_with_huge_pages(execv: Callable[[str, list[str], dict], None] = os.execve) -> None:
+    """Replace this process with the same command line plus the tunable, if `wanted`; else return.
+
+    Call it first thing in a command's entry point, before TensorFlow is imported (it would be loaded
+    twice otherwise). `sys.orig_argv` keeps the interpreter's own options (`-m`, `-X`, `-W`).
+    """
+    env = environ()
+    if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
+        return  # not wanted, or already there
+    sys.stdout.flush()
+    sys.stderr.flush()
+    execv(sys.executable, list(sys.orig_argv), env)
