@@ -2,20 +2,24 @@
 `glibc.malloc.hugetlb=1` tunable (Linux, glibc ≥ 2.35, THP in `madvise` mode).
 
 Why: a step reads and writes rows of the item table and of the optimiser's two moment slots at
-random — at 1M items × dim 32 three arrays of 128 MiB each. With 4 KiB pages nearly every such row
-access also misses the TLB (it covers a few MiB); with 2 MiB pages the page walk goes away. On the
-catalogue-scaling benchmark (DeepMatch shape, lazy Adam, 1M items) the step went 5.7–5.8 → 5.3–5.5
-ms, the same at 10k items and the same peak memory (benchmarks/RESULTS.md). Results do not change:
-only where the memory sits.
+random — at 10M items × dim 32 three arrays of 1.2 GiB each. With 4 KiB pages nearly every such row
+access also misses the TLB; with 2 MiB pages the page walk goes away. On the catalogue-scaling
+benchmark (DeepMatch shape, lazy Adam) the 10M-item step ran 6.2–6.4 ms instead of 7.2–7.3 (fastest
+tenth of the timed calls); at 1M items the gain is within the spread between processes, and the
+peak memory is the same (benchmarks/RESULTS.md). Results do not change: only where the memory sits.
 
 How: TensorFlow allocates tensors with `malloc`, and glibc hands big allocations out as `mmap`ed
 chunks. Most kernels ship THP in `madvise` mode (huge pages only where a program asks with
 `madvise(MADV_HUGEPAGE)`), and glibc asks for its chunks only when the tunable is set, which glibc
-reads once at process start — so the process has to start again with it. `os.execv` replaces the
-process in place (same pid, same stdin/stdout/stderr, same exit code), before TensorFlow is imported.
+reads once at process start — so the process has to start again with it. `os.execve` replaces the
+process in place (same pid, same stdin/stdout/stderr, same exit code), before TensorFlow is imported,
+with `sys.executable` (the same interpreter and virtual environment) and the same arguments.
 
-Off when: `RECALL_HUGE_PAGES=0`; not Linux or not glibc ≥ 2.35; THP `always` (already on) or
-`never`; or the tunable is already in `GLIBC_TUNABLES` (which is also what stops a second restart).
+Off when: `RECALL_HUGE_PAGES` is 0/false/off/no; not Linux or not glibc ≥ 2.35; THP `always`
+(already on) or `never`; `GLIBC_TUNABLES` already says something about `glibc.malloc.hugetlb` (the
+user's choice wins); this process is the restarted one (`RECALL_HUGE_PAGES_RESTARTED`, in case glibc
+drops the tunable, as it does for privileged binaries); or the command line cannot be replayed
+(a program read from stdin, an embedding or wrapper whose `sys.argv` is not the interpreter's).
 Library users (`recall.train` from Python) can set `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` themselves.
 """
 
@@ -27,7 +31,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb=1"
-ENV_SWITCH = "RECALL_HUGE_PAGES"  # "0" turns the restart off
+ENV_SWITCH = "RECALL_HUGE_PAGES"  # 0 / false / off / no turn the restart off
+RESTARTED = "RECALL_HUGE_PAGES_RESTARTED"  # set in the restarted process: never a second restart
+_OFF = ("0", "false", "off", "no")
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _MIN_GLIBC = (2, 35)  # the first glibc with the `glibc.malloc.hugetlb` tunable
 
@@ -56,8 +62,10 @@ def wanted(env: Mapping[str, str] | None = None, mode: str | None = None,
            glibc: tuple[int, int] | None = None, platform: str | None = None) -> bool:
     """Would a restart with the tunable help here? (The arguments default to this machine.)"""
     env = os.environ if env is None else env
-    if env.get(ENV_SWITCH, "1").strip() == "0" or TUNABLE in env.get("GLIBC_TUNABLES", "").split(":"):
+    if env.get(ENV_SWITCH, "1").strip().lower() in _OFF or env.get(RESTARTED):
         return False
+    if any(t.startswith("glibc.malloc.hugetlb=") for t in env.get("GLIBC_TUNABLES", "").split(":")):
+        return False  # set already: by the user (their value wins) or by a restart
     if (platform or sys.platform) != "linux":
         return False
     glibc = glibc_version() if glibc is None else glibc
@@ -75,14 +83,24 @@ def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def restart_with_huge_pages(execv: Callable[[str, list[str], dict], None] = os.execve) -> None:
-    """Replace this process with the same command line plus the tunable, if `wanted`; else return.
+    """Replace this process with the same command plus the tunable, if `wanted`; else return.
 
     Call it first thing in a command's entry point, before TensorFlow is imported (it would be loaded
-    twice otherwise). `sys.orig_argv` keeps the interpreter's own options (`-m`, `-X`, `-W`).
+    twice otherwise). The command is `sys.executable` + `sys.orig_argv[1:]` (the interpreter's own
+    options such as `-m`, `-X`, `-W` kept), replayed only when it ends with this process's `sys.argv[1:]`
+    and does not read the program from stdin. If the exec fails, training goes on without huge pages.
     """
     env = environ()
     if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
-        return  # not wanted, or already there
+        return  # not wanted
+    orig = list(getattr(sys, "orig_argv", []) or [])
+    args = sys.argv[1:]
+    if len(orig) < 2 or "-" in orig[1:len(orig) - len(args)] or (args and orig[-len(args):] != args):
+        return  # an embedded interpreter, a program from stdin, or a wrapper that rewrote sys.argv
+    env[RESTARTED] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    execv(sys.executable, list(sys.orig_argv), env)
+    try:
+        execv(sys.executable, [sys.executable, *orig[1:]], env)
+    except OSError:
+        return

@@ -175,6 +175,8 @@ def _check_run_dir(cfg: Config, run_dir: Path) -> None:
     import yaml
 
     old = config_from_dict(yaml.safe_load(saved.read_text()), str(saved))
+    # model.compute_dtype is how the matmuls run, not what the checkpoint holds: switching it resumes.
+    old = old.model_copy(update={"model": old.model.model_copy(update={"compute_dtype": cfg.model.compute_dtype})})
     for section in ("data", "model", "loss"):
         if getattr(old, section) != getattr(cfg, section):
             raise RecallError(
@@ -195,6 +197,11 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     """
     run_dir = Path(run_dir or cfg.run_dir or "runs/default")
     _check_run_dir(cfg, run_dir)
+    if cfg.model.compute_dtype == "auto":
+        # Decided once, on the training machine, and written to the run's config.yaml: evaluate and
+        # export elsewhere compute as training did.
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"compute_dtype": resolve_compute_dtype("auto")})})
     data = prepare_data(cfg)
     s = data.split
     # Checked before the run directory is created: a config.yaml left by a refused run would make

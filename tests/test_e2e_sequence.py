@@ -60,3 +60,26 @@ def test_sequence_towers_train_resume_export_and_serve(tmp_path, options):
     # rounding to bfloat16) where the eager call rounds twice: they agree to bfloat16 precision.
     atol = 0.02 * np.abs(logits).max() if options is BF16 else 1e-4
     np.testing.assert_allclose(rec.query_vectors(raw) @ vectors.T, logits, rtol=1e-4, atol=atol)
+
+
+def test_auto_dtype_is_decided_when_training_and_kept_by_the_run(tmp_path, monkeypatch):
+    import yaml
+
+    from recall import pipeline
+
+    log = tmp_path / "log.parquet"
+    synthesize(num_users=150, num_items=50, interactions_per_user=10, num_topics=5, seed=3).to_parquet(log)
+    base = ["data.source=file", f"data.path={log}", *SMALL, *GRU]
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(pipeline, "native_bfloat16", lambda: True)  # a CPU with AVX512-BF16
+    recall.train(recall.load_config(None, [*base, "model.compute_dtype=auto", "train.epochs=1"]), run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["compute_dtype"] == "bfloat16"  # what ran, not "auto"
+    monkeypatch.setattr(pipeline, "native_bfloat16", lambda: False)  # evaluated or exported elsewhere
+    _, _, user, _ = load_run(run_dir)
+    assert [layer.compute_dtype for layer in user.mlp] == ["bfloat16"]  # computes as training did
+    # The dtype is not part of what the checkpoint holds: resuming with another one is allowed.
+    metrics = recall.train(recall.load_config(None, [*base, "model.compute_dtype=float32", "train.epochs=2"]),
+                           run_dir)
+    assert metrics["train"]["epochs"] == 2
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["compute_dtype"] == "float32"

@@ -33,12 +33,16 @@ def test_thp_mode_without_the_file_is_unknown(tmp_path):
 
 def test_wanted_only_where_a_restart_helps(monkeypatch):
     assert hugepages.wanted({}, **ON)
-    assert not hugepages.wanted({"RECALL_HUGE_PAGES": "0"}, **ON)  # the user's switch
+    for off in ("0", "false", "Off", "no"):
+        assert not hugepages.wanted({"RECALL_HUGE_PAGES": off}, **ON)  # the user's switch
     assert hugepages.wanted({"RECALL_HUGE_PAGES": "1"}, **ON)
     # already there (a restarted process, or the user set it): no second restart
     assert not hugepages.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, **ON)
     assert not hugepages.wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}, **ON)
+    assert not hugepages.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, **ON)  # the user's value wins
     assert hugepages.wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, **ON)
+    # the restarted process, even if glibc dropped the tunable (privileged binaries): never a loop
+    assert not hugepages.wanted({"RECALL_HUGE_PAGES_RESTARTED": "1"}, **ON)
     assert not hugepages.wanted({}, **{**ON, "mode": "always"})  # every big mapping has them already
     assert not hugepages.wanted({}, **{**ON, "mode": "never"})
     monkeypatch.setattr(hugepages, "thp_mode", lambda: None)  # no THP file (a container without sysfs)
@@ -57,24 +61,76 @@ def test_environ_appends_to_existing_tunables(monkeypatch):
     assert "GLIBC_TUNABLES" not in hugepages.environ({"RECALL_HUGE_PAGES": "0"})
 
 
-def test_restart_replaces_the_process_with_the_same_command(monkeypatch):
+def _machine_with_thp(monkeypatch, orig_argv, argv):
     monkeypatch.setattr(hugepages, "thp_mode", lambda: "madvise")
     monkeypatch.setattr(hugepages, "glibc_version", lambda: (2, 36))
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "recall", "train", "c.yaml"])
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.delenv("RECALL_HUGE_PAGES", raising=False)
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(sys, "argv", argv)
+    for name in ("GLIBC_TUNABLES", "RECALL_HUGE_PAGES", "RECALL_HUGE_PAGES_RESTARTED"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_restart_replaces_the_process_with_the_same_command(monkeypatch):
+    _machine_with_thp(monkeypatch, ["python", "-X", "utf8", "-m", "recall", "train", "c.yaml"],
+                      ["/x/recall/__main__.py", "train", "c.yaml"])
     calls = []
     hugepages.restart_with_huge_pages(lambda *a: calls.append(a))
     assert len(calls) == 1
     path, argv, env = calls[0]
-    assert path == sys.executable and argv == ["python", "-m", "recall", "train", "c.yaml"]
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    # the interpreter by its full path (keeps a virtual environment), its options, the same arguments
+    assert path == sys.executable and argv == [sys.executable, "-X", "utf8", "-m", "recall", "train", "c.yaml"]
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env["RECALL_HUGE_PAGES_RESTARTED"] == "1"
 
     calls.clear()
     monkeypatch.setenv("RECALL_HUGE_PAGES", "0")
     hugepages.restart_with_huge_pages(lambda *a: calls.append(a))
     assert calls == []  # switched off: carries on in this process
+
+
+def test_console_script_restarts_as_itself(monkeypatch):
+    _machine_with_thp(monkeypatch, ["/venv/bin/python", "/venv/bin/recall", "train", "c.yaml"],
+                      ["/venv/bin/recall", "train", "c.yaml"])
+    calls = []
+    hugepages.restart_with_huge_pages(lambda *a: calls.append(a))
+    assert calls[0][1] == [sys.executable, "/venv/bin/recall", "train", "c.yaml"]
+
+
+@pytest.mark.parametrize("orig_argv, argv", [
+    (["python", "-", "train", "c.yaml"], ["-", "train", "c.yaml"]),  # program from stdin: cannot be replayed
+    (["python", "wrapper.py", "--mine"], ["recall", "train", "c.yaml"]),  # a wrapper rewrote sys.argv
+    ([], ["recall", "train", "c.yaml"]),  # an embedded interpreter
+])
+def test_no_restart_when_the_command_cannot_be_replayed(monkeypatch, orig_argv, argv):
+    _machine_with_thp(monkeypatch, orig_argv, argv)
+    calls = []
+    hugepages.restart_with_huge_pages(lambda *a: calls.append(a))
+    assert calls == []
+
+
+def test_a_failed_exec_carries_on_without_huge_pages(monkeypatch):
+    _machine_with_thp(monkeypatch, ["python", "-m", "recall", "train", "c.yaml"], ["m.py", "train", "c.yaml"])
+
+    def refuse(*_):
+        raise PermissionError("exec refused")
+
+    hugepages.restart_with_huge_pages(refuse)  # returns: training goes on
+
+
+def test_only_a_train_process_of_its_own_restarts(monkeypatch, tmp_path):
+    # main([...]) (tests, notebooks) and the other commands never restart.
+    from recall import cli
+
+    calls = []
+    monkeypatch.setattr(hugepages, "restart_with_huge_pages", lambda *a: calls.append(a))
+    assert cli.main(["train", str(tmp_path / "missing.yaml")]) == 2
+    monkeypatch.setattr(sys, "argv", ["recall", "data", "synth", "--out", str(tmp_path / "x.csv"), "--users", "5",
+                                      "--items", "5", "--per-user", "3"])
+    assert cli.main() == 0
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["recall", "train", str(tmp_path / "missing.yaml")])
+    assert cli.main() == 2
+    assert len(calls) == 1
 
 
 @pytest.mark.skipif(not hugepages.wanted(os.environ.copy() | {"RECALL_HUGE_PAGES": "1", "GLIBC_TUNABLES": ""}),
@@ -93,7 +149,8 @@ def test_restarted_process_gets_huge_pages_in_place():
         print("tunables", os.environ.get("GLIBC_TUNABLES"))
         print("huge_kib", huge[0], float(table.sum()))
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RECALL_HUGE_PAGES")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", "RECALL_HUGE_PAGES", "RECALL_HUGE_PAGES_RESTARTED")}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
