@@ -420,7 +420,7 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
             rounds = ", ".join(f"{x:.2f}" for x in ratio["per_round"])
             out.append(("scaling", f"{opt}: step time {size} / {ratio['vs']}",
                         f"{ratio['ratio']:.2f}× (per round of processes: {rounds}; fastest tenth of steps: "
-                        f"{ratio.get('ratio_p10', float('nan')):.2f}×)", ""))
+                        f"{ratio['ratio_p10']:.2f}×)", ""))
     r = results.get("input")
     if r:
         if "error" in r:

@@ -90,14 +90,13 @@ def restart_with_huge_pages(execv: Callable[[str, list[str], dict], None] = os.e
     options such as `-m`, `-X`, `-W` kept), replayed only when it ends with this process's `sys.argv[1:]`
     and does not read the program from stdin. If the exec fails, training goes on without huge pages.
     """
-    env = environ()
-    if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
-        return  # not wanted
+    if not wanted():
+        return
     orig = list(getattr(sys, "orig_argv", []) or [])
     args = sys.argv[1:]
     if len(orig) < 2 or "-" in orig[1:len(orig) - len(args)] or (args and orig[-len(args):] != args):
         return  # an embedded interpreter, a program from stdin, or a wrapper that rewrote sys.argv
-    env[RESTARTED] = "1"
+    env = {**environ(), RESTARTED: "1"}
     sys.stdout.flush()
     sys.stderr.flush()
     try:

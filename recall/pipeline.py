@@ -82,6 +82,8 @@ def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
 def resolve_compute_dtype(setting: str, native: bool | None = None) -> str:
     """`model.compute_dtype` → the dtype the tower uses: "auto" is bfloat16 only on a CPU that has it natively.
     An explicit bfloat16 on a CPU without it is kept, with a warning (emulated: slower than float32)."""
+    if setting == "float32":
+        return setting  # nothing to decide: no need to read the CPU's flags
     native = native_bfloat16() if native is None else native
     if setting == "auto":
         return "bfloat16" if native else "float32"
