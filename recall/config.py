@@ -30,6 +30,8 @@ class ColumnsConfig(_Section):
     item: str = "item_id"
     timestamp: str = "timestamp"
     rating: str = "rating"
+    weight: str | None = Field(None, description="an optional per-interaction weight (e.g. watch time): it "
+                               "multiplies the loss of the example whose label is that interaction")
 
 
 class SyntheticConfig(_Section):
@@ -76,42 +78,128 @@ class DataConfig(_Section):
         return self
 
 
+class _Encoder(_Section):
+    def reads(self, max_history: int) -> int:
+        """How many of the latest history items this encoder reads."""
+        return self.window if self.window is not None else max_history
+
+
+class MeanEncoderConfig(_Encoder):
+    """Mean of the latest `window` items (unset = all of model.max_history)."""
+
+    kind: Literal["mean"]
+    window: int | None = Field(None, ge=1)
+
+
+class RecentEncoderConfig(_Encoder):
+    """Mean of the latest `window` items, and the latest item itself (2·dim wide)."""
+
+    kind: Literal["recent"]
+    window: int = Field(5, ge=1)
+
+
+class LastItemsEncoderConfig(_Encoder):
+    """The latest `window` items, each in its own slot (window·dim wide): the MLP sees their order."""
+
+    kind: Literal["last_items"]
+    window: int = Field(1, ge=1)
+
+
+class AttentionEncoderConfig(_Encoder):
+    """Attention pooling over the latest `window` items (unset = max_history), the latest item as query."""
+
+    kind: Literal["attention"]
+    window: int | None = Field(None, ge=1)
+
+
+class GRUEncoderConfig(_Encoder):
+    """A GRU over the latest `window` items. With train.batching=sequences it runs along the chunk
+    (the one encoder whose training and serving forms differ; see recall/model/encoders/gru.py)."""
+
+    kind: Literal["gru"]
+    window: int = Field(20, ge=1)
+
+
+class MinGRUEncoderConfig(_Encoder):
+    """A minGRU over the latest `window` items: gates from each item alone, so it is a gated pooling."""
+
+    kind: Literal["min_gru"]
+    window: int = Field(20, ge=1)
+    heads: int | None = Field(None, ge=1, description="gates, each shared by dim / heads units (unset = dim: "
+                              "one per unit, Feng et al.'s minGRU); fewer is cheaper; must divide model.dim")
+
+
+class TransformerEncoderConfig(_Encoder):
+    """SASRec-style self-attention, banded: each item attends to the `band` items up to itself, with a
+    learned bias per distance; reads the latest blocks·(band − 1) + 1 items."""
+
+    kind: Literal["transformer"]
+    band: int = Field(8, ge=1, le=10000)
+    blocks: int = Field(2, ge=1, le=64)
+    heads: int = Field(1, ge=1, le=64, description="attention heads; must divide model.dim")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    def reads(self, max_history: int) -> int:
+        return self.blocks * (self.band - 1) + 1
+
+
+EncoderConfig = Annotated[
+    MeanEncoderConfig | RecentEncoderConfig | LastItemsEncoderConfig | AttentionEncoderConfig | GRUEncoderConfig
+    | MinGRUEncoderConfig | TransformerEncoderConfig,
+    Field(discriminator="kind"),
+]
+
+# Keys of the flag-per-encoder model section (before model.history), and what replaced each.
+_REPLACED_MODEL_KEYS = {
+    "recent": "{kind: recent, window: N}",
+    "last_items": "{kind: last_items, window: N}",
+    "attention": "{kind: attention}",
+    "gru": "{kind: gru, window: N}",
+    "min_gru": "{kind: min_gru, window: N}",
+    "min_gru_heads": "{kind: min_gru, window: N, heads: H}",
+    "transformer": "{kind: transformer, band: B, blocks: K, heads: H, dropout: P}",
+    "transformer_blocks": "{kind: transformer, blocks: K}",
+    "transformer_heads": "{kind: transformer, heads: H}",
+    "transformer_dropout": "{kind: transformer, dropout: P}",
+}
+
+
 class ModelConfig(_Section):
     """The user tower and the item table."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            old = [k for k in _REPLACED_MODEL_KEYS if k in raw]
+            if old:
+                raise ValueError(
+                    "; ".join(f"model.{k} was replaced by an entry of model.history, e.g. {_REPLACED_MODEL_KEYS[k]}"
+                              for k in old)
+                    + " (the history mean is {kind: mean}; see README 'Config reference')")
+        return raw
+
     @model_validator(mode="after")
     def _windows_fit(self) -> ModelConfig:
-        for name in ("recent", "last_items", "gru", "min_gru", "transformer"):
-            if getattr(self, name) > self.max_history:
-                raise ValueError(f"model.{name} ({getattr(self, name)}) cannot exceed model.max_history ({self.max_history})")
-        if self.min_gru and self.min_gru_heads is not None and self.dim % self.min_gru_heads:
-            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.min_gru_heads "
-                             f"({self.min_gru_heads}); change one of them")
-        if self.transformer and self.dim % self.transformer_heads:
-            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.transformer_heads "
-                             f"({self.transformer_heads}); change one of them")
+        for i, enc in enumerate(self.history):
+            reads = enc.reads(self.max_history)
+            if reads > self.max_history:
+                raise ValueError(f"model.history.{i} ({enc.kind}) reads the latest {reads} items, more than "
+                                 f"model.max_history ({self.max_history}); raise max_history or shrink the encoder")
+            heads = getattr(enc, "heads", None)
+            if heads is not None and self.dim % heads:
+                raise ValueError(f"model.dim ({self.dim}) must be divisible by model.history.{i}.heads ({heads}); "
+                                 "change one of them")
         return self
 
     dim: int = Field(64, ge=1, le=4096, description="output dimension D of both towers")
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [256], description="ReLU MLP widths before the output layer")
     max_history: int = Field(50, ge=1, le=10000, description="most recent items kept in the history")
-    recent: int = Field(
-        0, ge=0, description="also pool the last n items separately and feed the last item (0 = plain mean)"
-    )
-    last_items: int = Field(0, ge=0, description="feed the last n history items each in its own slot (order-aware)")
-    attention: bool = Field(False, description="attention pooling over the history, latest item as the query")
-    gru: int = Field(0, ge=0, description="encode the last n history items with a GRU (0 = off)")
-    min_gru: int = Field(0, ge=0, description="encode the last n history items with a minGRU: gates from each "
-                         "item alone, computed in parallel — one matmul instead of n GRU steps (0 = off)")
-    min_gru_heads: int | None = Field(
-        None, ge=1, description="minGRU gates, each shared by a block of dim / heads units (unset = dim: one per "
-        "unit, Feng et al.'s minGRU); fewer is cheaper; must divide model.dim")
-    transformer: int = Field(
-        0, ge=0, description="encode the last n history items with SASRec-style self-attention (0 = off)")
-    transformer_blocks: int = Field(2, ge=1, le=64, description="self-attention blocks (with model.transformer)")
-    transformer_heads: int = Field(1, ge=1, le=64, description="attention heads; must divide model.dim")
-    transformer_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout inside the transformer")
+    history: list[EncoderConfig] = Field(
+        default_factory=lambda: [MeanEncoderConfig(kind="mean")], min_length=1,
+        description="the history encoders whose outputs are concatenated before the MLP, e.g. "
+        "[{kind: mean}, {kind: recent, window: 5}, {kind: gru, window: 20}]")
     tie_embeddings: bool = Field(False, description="history embeddings share the output item table")
     compute_dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "float32", description="dtype of the user tower's GRU and hidden-layer matmuls: bfloat16 is faster on "
@@ -180,7 +268,14 @@ class TrainConfig(_Section):
     """The optimisation loop."""
 
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(1024, ge=1, description="examples per step (sequences: labelled positions, at most; "
+                            "batch_size / sequence_length chunks)")
+    batching: Literal["positions", "sequences"] = Field(
+        "positions", description="positions: each example encodes its own history (YouTube-DNN); sequences: "
+        "chunks of users' sequences, one causal pass each gives every position's query (SASRec-style; "
+        "the same examples at a fraction of the work; README 'Two batching modes')")
+    sequence_length: int = Field(64, ge=1, le=100000, description="sequences: labelled positions per chunk "
+                                 "(each chunk also reads the model.max_history items before it)")
     learning_rate: float = Field(1e-3, gt=0.0)
     optimizer: Literal["adam", "adagrad", "sgd", "lazy_adam", "lazy_adagrad"] = Field(
         "adam", description="lazy_adam: Adam that updates only the embedding rows a batch touched (a step's cost "
@@ -220,6 +315,17 @@ class TrainConfig(_Section):
         if self.batch_splits > self.batch_size:
             raise ValueError(f"train.batch_splits ({self.batch_splits}) cannot exceed train.batch_size "
                              f"({self.batch_size}); use at most one part per row (one per core is the point)")
+        return self
+
+    @model_validator(mode="after")
+    def _chunks_fit_batch(self) -> TrainConfig:
+        if self.batching == "sequences":
+            if self.batch_size % self.sequence_length:
+                raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.sequence_length "
+                                 f"({self.sequence_length}) with train.batching=sequences (a batch is whole chunks)")
+            if self.batch_splits > self.batch_size // self.sequence_length:
+                raise ValueError(f"train.batch_splits ({self.batch_splits}) cannot exceed the chunks per batch "
+                                 f"({self.batch_size // self.sequence_length} = batch_size / sequence_length)")
         return self
 
     @model_validator(mode="after")

@@ -112,61 +112,14 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
     items = ItemTower(num_items, mc.dim, use_bias=mc.item_bias, normalize=mc.normalize, bias_init=bias_init,
                       name="items")
     user = UserTower(
-        num_items, mc.dim, mc.hidden, mc.max_history, feature_sizes=feature_sizes, feature_dim=mc.feature_dim,
-        recent=mc.recent, last_items=mc.last_items, attention=mc.attention, gru=mc.gru,
-        min_gru=mc.min_gru, min_gru_heads=mc.min_gru_heads,
-        transformer=mc.transformer, transformer_blocks=mc.transformer_blocks,
-        transformer_heads=mc.transformer_heads, transformer_dropout=mc.transformer_dropout,
-        example_age=mc.example_age,
+        num_items, mc.dim, mc.hidden, mc.max_history, history=[h.model_dump() for h in mc.history],
+        feature_sizes=feature_sizes, feature_dim=mc.feature_dim, example_age=mc.example_age,
         dropout=mc.dropout, normalize=mc.normalize, compute_dtype=compute_dtype,
         temperature=mc.temperature, shared_items=items if mc.tie_embeddings else None, name="user",
     )
     user({"history": tf.fill([1, mc.max_history], -1), "age": tf.zeros([1]),
           "user_features": tf.zeros([1, len(feature_sizes)], tf.int32)})
     return user, items
-
-
-def learning_rate_schedule(learning_rate: float, schedule: str = "constant", total_steps: int = 0,
-                           warmup_steps: int = 0):
-    """`learning_rate` itself (constant), or a Keras schedule of the optimizer's step (cosine):
-
-        lr(t) = learning_rate · t / W                                   for t < W (warmup)
-        lr(t) = learning_rate · ½ (1 + cos(π · min(t − W, T − W) / (T − W)))   after, 0 from t = T on
-
-    with T = `total_steps` (epochs × batches per epoch), W = `warmup_steps`.
-    """
-    if schedule == "constant":
-        return learning_rate
-    if schedule != "cosine":
-        raise ValueError(f"unknown learning-rate schedule {schedule!r}")
-    if warmup_steps >= total_steps:
-        raise RecallError(f"train.warmup_steps ({warmup_steps}) must be below the planned steps ({total_steps} "
-                          "= epochs × batches per epoch); lower it or train more epochs")
-    import keras
-
-    if warmup_steps == 0:
-        return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=0.0)
-    # Keras' warmup rises from initial_learning_rate to warmup_target, then decays over decay_steps.
-    return keras.optimizers.schedules.CosineDecay(0.0, total_steps - warmup_steps, alpha=0.0,
-                                                  warmup_target=learning_rate, warmup_steps=warmup_steps)
-
-
-def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", total_steps: int = 0,
-                   warmup_steps: int = 0):
-    """Keras' adam/adagrad/sgd, or a row-wise optimiser for embedding tables (recall/training/optim.py).
-
-    `schedule`/`total_steps`/`warmup_steps`: see `learning_rate_schedule`; the schedule reads the
-    optimizer's own step counter, which the training checkpoint holds.
-    """
-    lr = learning_rate_schedule(learning_rate, schedule, total_steps, warmup_steps)
-    if name in ("lazy_adam", "lazy_adagrad"):
-        from recall.training.optim import LazyAdagrad, LazyAdam
-
-        return {"lazy_adam": LazyAdam, "lazy_adagrad": LazyAdagrad}[name](learning_rate=lr)
-    import keras
-
-    return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad,
-            "sgd": keras.optimizers.SGD}[name](learning_rate=lr)
 
 
 def _check_run_dir(cfg: Config, run_dir: Path) -> None:

@@ -58,7 +58,9 @@ class UnrolledGRU(keras.layers.Layer):
         self.cell = _Weights(input_shape[-1], self.units, name="gru_cell")
         self.built = True
 
-    def call(self, x, mask=None):
+    def call(self, x, mask=None, return_sequences: bool = False):
+        """x [B, T, D], mask [B, T] → h_T [B, H], or every state h_1..h_T [B, T, H] with `return_sequences`
+        (the causal form of a history encoder: h_t summarises the items up to t)."""
         steps, h_units = x.shape[1], self.units
         if steps is None:
             raise ValueError("UnrolledGRU needs a static number of steps (pad the window to a fixed length)")
@@ -76,7 +78,7 @@ class UnrolledGRU(keras.layers.Layer):
             pad = (1.0 - tf.cast(mask, dtype)) * tf.cast(_PAD_LOGIT, dtype)  # [B, T]
             update_columns = tf.concat([tf.ones([h_units], dtype), tf.zeros([2 * h_units], dtype)], axis=0)
             projected = projected + pad[..., None] * update_columns
-        state = None
+        state, states = None, []
         # unstack, not x[:, t]: one Unpack whose gradient is one Pack, not T zero-filled slice gradients.
         for step in tf.unstack(projected, axis=1):
             x_gates, x_h = tf.split(step, [2 * h_units, h_units], axis=-1)
@@ -88,9 +90,10 @@ class UnrolledGRU(keras.layers.Layer):
             keep, reset = tf.split(tf.sigmoid(x_gates + r_gates), 2, axis=-1)  # 1 − z, r
             candidate = tf.tanh(x_h + reset * r_h)
             state = keep * candidate if state is None else state + keep * (candidate - state)
+            states.append(state)
         if state is None:  # a window of zero steps
-            return tf.zeros([tf.shape(x)[0], h_units], dtype)
-        return state
+            return tf.zeros([tf.shape(x)[0], 0, h_units] if return_sequences else [tf.shape(x)[0], h_units], dtype)
+        return tf.stack(states, axis=1) if return_sequences else state
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "matmul_dtype": self.matmul_dtype}
