@@ -26,12 +26,14 @@ class Examples:
     hist_len   int32 [E]    min(position within the user's sequence, max_history)
     user       int32 [E]    user row (index into Split.user_ids)
     age        float32 [E]  example age in [0, 1]: 1 = oldest train event, 0 = newest (served as 0)
+    weight     float32 [E]  the label interaction's sample weight (data.columns.weight), or None (all 1)
     """
 
     label_pos: np.ndarray
     hist_len: np.ndarray
     user: np.ndarray
     age: np.ndarray
+    weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label_pos)
@@ -56,6 +58,7 @@ def make_examples(
         hist_len=np.minimum(position[rows], max_history).astype(np.int32),
         user=user[rows],
         age=example_age(split.train_times[rows], split.train_times),
+        weight=None if split.train_weights is None else split.train_weights[rows],
     )
 
 

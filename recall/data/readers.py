@@ -67,7 +67,7 @@ def read_interactions(
     `columns` maps user/item/timestamp/rating to the file's column names. Rows rated below
     `min_rating` are dropped; exact duplicate (user, item, timestamp) rows are dropped with a warning.
     """
-    names = dict(DEFAULT_COLUMNS)
+    names = {**DEFAULT_COLUMNS, "weight": None}
     for key, value in (columns or {}).items():
         if key not in names:
             raise RecallError(f"data.columns.{key}: unknown key; use one of {', '.join(names)}")
@@ -80,12 +80,13 @@ def read_interactions(
         names = {k: DEFAULT_COLUMNS[k] for k in names}
     col = {k: _find(file, found, names[k], k, sep) for k in ("user", "item", "timestamp")}
     rating = _find(file, found, names["rating"], "rating", sep, required=False)
+    weight = _find(file, found, names["weight"], "weight", sep) if names["weight"] else None
     if min_rating is not None and rating is None:
         raise RecallError(
             f"{file}: data.min_rating={min_rating} is set but there is no rating column "
             f"{names['rating']!r} (columns found: {_list(found)}); set data.columns.rating or remove data.min_rating"
         )
-    usecols = list(dict.fromkeys([*col.values(), *([rating] if rating else [])]))
+    usecols = list(dict.fromkeys([*col.values(), *([rating] if rating else []), *([weight] if weight else [])]))
     raw = _load(file, kind, sep, usecols, _RATINGS_DAT, _FORMAT_FIX, as_text=False)
     if raw.empty:
         raise RecallError(f"{file}: no interactions (the file has no data rows); point data.path at a non-empty file")
@@ -96,6 +97,8 @@ def read_interactions(
     })
     if rating is not None:
         df["rating"] = _ratings(raw[rating], file, rating)
+    if weight is not None:
+        df["weight"] = _weights(raw[weight], file, weight)
     if min_rating is not None:
         lo, hi = df["rating"].min(), df["rating"].max()
         df = df[df["rating"] >= min_rating]
@@ -403,6 +406,16 @@ def _ratings(s: pd.Series, file: Path, col: str) -> pd.Series:
             "clean the file or set data.columns.rating"
         )
     return numeric.astype("float64")
+
+
+def _weights(s: pd.Series, file: Path, col: str) -> pd.Series:
+    """Sample weights: finite numbers ≥ 0 (a weight multiplies its example's loss)."""
+    numeric = pd.to_numeric(s, errors="coerce").astype("float64")
+    bad = numeric.isna() | ~np.isfinite(numeric) | (numeric < 0)
+    if bad.any():
+        raise RecallError(f"{file}: column {col!r} (data.columns.weight) must hold finite numbers ≥ 0, found "
+                          f"{s[bad].iloc[0]!r}; clean the column or unset data.columns.weight")
+    return numeric
 
 
 def _as_text(s: pd.Series) -> pd.Series:

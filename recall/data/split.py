@@ -29,6 +29,7 @@ class Split:
     user_ids       [U]          raw user ids, row u ↔ user_ids[u]
     item_ids       [N]          raw item ids, internal id i ↔ item_ids[i]
     item_counts    int64 [N]    train frequency of each internal id (non-increasing)
+    train_weights  float32 [T]  per-interaction sample weights (data.columns.weight), or None
     """
 
     train_items: np.ndarray
@@ -40,6 +41,7 @@ class Split:
     user_ids: np.ndarray
     item_ids: np.ndarray
     item_counts: np.ndarray
+    train_weights: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -66,7 +68,7 @@ def leave_last_out(df: pd.DataFrame, min_interactions: int = 3) -> Split:
 
     Raises RecallError when no user has `min_interactions` interactions.
     """
-    df = df[["user_id", "item_id", "timestamp"]].sort_values(
+    df = df[["user_id", "item_id", "timestamp", *(["weight"] if "weight" in df else [])]].sort_values(
         ["user_id", "timestamp", "item_id"], kind="stable"
     )
     counts = df.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
@@ -102,6 +104,7 @@ def leave_last_out(df: pd.DataFrame, min_interactions: int = 3) -> Split:
         user_ids=users[starts],
         item_ids=vocab_raw,
         item_counts=vocab_counts,
+        train_weights=df["weight"].to_numpy(np.float32)[is_train] if "weight" in df else None,
     )
 
 

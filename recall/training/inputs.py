@@ -46,10 +46,10 @@ def epoch_blocks(order: np.ndarray, batch_size: int, done: int, steps_per_block:
 
 
 class ExampleBatcher:
-    """Holds the example arrays as tensors and turns index batches into model inputs.
+    """Holds the example arrays as tensors and turns index batches into model inputs (batching: positions).
 
     __call__(idx int64 [B]) → ({"history": int32 [B, M], "age": float32 [B], "user_features": int32 [B, F]},
-                               labels int64 [B])
+                               labels int64 [B], weights float32 [B])
     """
 
     def __init__(self, train_items: np.ndarray, examples: Examples, user_codes: np.ndarray, max_history: int):
@@ -60,6 +60,7 @@ class ExampleBatcher:
         self.user = tf.constant(examples.user.astype(np.int64))
         self.age = tf.constant(examples.age, dtype=tf.float32)
         self.user_codes = tf.constant(user_codes, dtype=tf.int32)
+        self.weight = tf.constant(_weights(examples))
 
     def __call__(self, idx):
         m = self.max_history
@@ -74,4 +75,53 @@ class ExampleBatcher:
             "age": tf.gather(self.age, idx),
             "user_features": tf.gather(self.user_codes, tf.gather(self.user, idx)),
         }
-        return features, tf.cast(tf.gather(self.seq, pos), tf.int64)
+        return features, tf.cast(tf.gather(self.seq, pos), tf.int64), tf.gather(self.weight, idx)
+
+
+def _weights(examples: Examples) -> np.ndarray:
+    return np.ones(len(examples), np.float32) if examples.weight is None else examples.weight.astype(np.float32)
+
+
+class SequenceBatcher:
+    """Chunks (data/sequences.py) as tensors; turns a batch of chunk indices into causal-tower inputs
+    (batching: sequences). A chunk's columns are the `context` train rows before its first example
+    and its `length` label rows (recall/model/encoders/base.py), padded outside the user's sequence.
+
+    __call__(idx int64 [C]) → ({"items": int32 [C, context + L], "age": float32 [C, L],
+                                "user_features": int32 [C, F], "labelled": bool [C, L]},
+                               labels int64 [C, L] (0 where not labelled), weights float32 [C, L] (0 there))
+    """
+
+    def __init__(self, train_items: np.ndarray, train_indptr: np.ndarray, examples: Examples, chunks,
+                 user_codes: np.ndarray, context: int, length: int):
+        self.context, self.length = context, length
+        self.seq = tf.constant(train_items, dtype=tf.int32)
+        self.first = tf.constant(chunks.first, dtype=tf.int64)
+        self.count = tf.constant(chunks.count.astype(np.int64))
+        self.label_pos = tf.constant(examples.label_pos, dtype=tf.int64)
+        user = examples.user[chunks.first].astype(np.int64)
+        self.user = tf.constant(user)
+        self.user_start = tf.constant(np.asarray(train_indptr, np.int64)[user])
+        self.age = tf.constant(examples.age, dtype=tf.float32)
+        self.weight = tf.constant(_weights(examples))
+        self.user_codes = tf.constant(user_codes, dtype=tf.int32)
+        self.num_examples = len(examples)
+
+    def __call__(self, idx):
+        first, count = tf.gather(self.first, idx), tf.gather(self.count, idx)  # [C]
+        start = tf.gather(self.label_pos, first)  # train row of the first label
+        cols = tf.range(self.context + self.length, dtype=tf.int64) - self.context
+        rows = start[:, None] + cols[None, :]  # [C, S]
+        real = (rows >= tf.gather(self.user_start, idx)[:, None]) & (cols[None, :] < count[:, None])
+        items = tf.where(real, tf.gather(self.seq, tf.clip_by_value(rows, 0, tf.size(self.seq, tf.int64) - 1)), PAD)
+        offset = tf.range(self.length, dtype=tf.int64)
+        labelled = offset[None, :] < count[:, None]  # [C, L]
+        example = tf.minimum(first[:, None] + offset[None, :], self.num_examples - 1)
+        labels = tf.where(labelled, tf.cast(tf.gather(self.seq, tf.gather(self.label_pos, example)), tf.int64), 0)
+        features = {
+            "items": items,
+            "age": tf.where(labelled, tf.gather(self.age, example), 0.0),
+            "user_features": tf.gather(self.user_codes, tf.gather(self.user, idx)),
+            "labelled": labelled,
+        }
+        return features, labels, tf.where(labelled, tf.gather(self.weight, example), 0.0)

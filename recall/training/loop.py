@@ -18,16 +18,20 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from recall.config import Config
+from recall.data.sequences import make_chunks
 from recall.evaluation.model_eval import evaluate_towers
 from recall.io import write_json
-from recall.training.inputs import ExampleBatcher, epoch_blocks, epoch_order
+from recall.training.inputs import ExampleBatcher, SequenceBatcher, epoch_blocks, epoch_order
 from recall.training.sampler_stats import sampler_report
 from recall.training.samplers import make_sampler
+from recall.training.schedule import make_optimizer
 from recall.training.step import make_loss_fn, make_train_block, trainable_variables
+from recall.training.task import RetrievalTask
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,6 @@ log = logging.getLogger(__name__)
 def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     """Train `user`/`items` in place; leaves the best-validation weights in them. Returns a summary."""
     from recall.model.towers import _backing
-    from recall.pipeline import make_optimizer
 
     tc, lc = cfg.train, cfg.loss
     if tc.deterministic:
@@ -62,11 +65,24 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
                                batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha,
                                stateless=not learned)
     variables = trainable_variables(user, items)
-    planned_steps = tc.epochs * math.ceil(len(data.examples) / tc.batch_size)
+    # The unit of a batch: an example (positions), or a chunk of up to sequence_length consecutive
+    # examples of one user that the tower encodes in one causal pass (sequences).
+    if tc.batching == "sequences":
+        chunks = make_chunks(data.examples, tc.sequence_length)
+        unit_examples = chunks.count.astype(np.int64)  # examples per chunk
+        per_batch = tc.batch_size // tc.sequence_length
+        batcher = SequenceBatcher(data.split.train_items, data.split.train_indptr, data.examples, chunks,
+                                  data.features.codes, user.context, tc.sequence_length)
+    else:
+        unit_examples, per_batch = None, tc.batch_size
+        batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
+    n = len(unit_examples) if unit_examples is not None else len(data.examples)
+    batches_per_epoch = math.ceil(n / per_batch)
+    planned_steps = tc.epochs * batches_per_epoch
     optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps)
     optimizer.build(variables)
-    loss_fn = make_loss_fn(user, items, lc.kind, sampler, lc.remove_accidental_hits, tc.batch_splits)
-    batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
+    task = RetrievalTask(items, lc.kind, sampler, lc.remove_accidental_hits)
+    loss_fn = make_loss_fn(user, task, tc.batching, tc.batch_splits)
     train_block = make_train_block(batcher, loss_fn, variables, optimizer, cfg.seed)
 
     # --- state and checkpoints ---------------------------------------------------------------
@@ -102,8 +118,6 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     history["loss"] = [e for e in history["loss"] if e[0] <= int(state["step"])]
     history["epochs"] = [e for e in history["epochs"] if e["epoch"] <= int(state["epoch"])]
 
-    n = len(data.examples)
-    batches_per_epoch = math.ceil(n / tc.batch_size)
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     es = tc.early_stopping
     # Without early stopping, "best" still needs a metric that is computed: HR at the largest K ≤ 50.
@@ -123,7 +137,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         running = float(state["running_loss"]) if done else math.nan
         loss_sum = float(state["epoch_loss_sum"]) if done else 0.0
         step = int(state["step"])
-        for idx in epoch_blocks(order, tc.batch_size, done, steps_per_block, step, every):
+        for idx in epoch_blocks(order, per_batch, done, steps_per_block, step, every):
             k = idx.shape[0]
             losses = train_block(tf.constant(idx), tf.constant(step, tf.int64)).numpy()
             for loss in losses.tolist():
@@ -135,7 +149,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
                         tf.summary.scalar("train/loss", loss)
                     history["loss"].append([step, running])
             done += k
-            ex0 += idx.size
+            ex0 += idx.size if unit_examples is None else int(unit_examples[idx].sum())
             bar.update(k)
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{ex0 / (time.perf_counter() - t0):,.0f}", refresh=False)
             if every and step % every == 0:
@@ -184,7 +198,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     return {
         "epochs": int(state["epoch"]),
         "steps": int(state["step"]),
-        "examples": n,
+        "examples": len(data.examples),
+        "batching": tc.batching,
         "seconds": round(seconds, 2),
         "examples_per_sec": round(seen / seconds, 1) if seconds > 0 else None,
         "best_valid": {metric: float(state["best"])},
