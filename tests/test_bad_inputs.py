@@ -237,9 +237,10 @@ def _(e: Env) -> Spec:
     return e.train(e.file_config("ratings.csv"), "seed.x=1"), ("seed",)
 
 
-@case("cross-field: model.recent > model.max_history")
+@case("cross-field: a history encoder's window > model.max_history")
 def _(e: Env) -> Spec:
-    return e.train(e.file_config("ratings.csv"), "model.recent=9", "model.max_history=5"), ("model.recent",)
+    return e.train(e.file_config("ratings.csv"), "model.history=[{kind: recent, window: 9}]", "model.max_history=5"), \
+        ("model.history.0", "model.max_history")
 
 
 @case("cross-field: in_batch keeping accidental hits")

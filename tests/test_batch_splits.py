@@ -11,6 +11,7 @@ from recall.config import Config
 from recall.pipeline import build_model
 from recall.training.samplers import make_sampler
 from recall.training.step import _split_batch, make_loss_fn, trainable_variables
+from recall.training.task import RetrievalTask
 
 NUM_ITEMS = 60
 
@@ -27,8 +28,8 @@ def _batch(rng, size, history=8):
                                           ("nce", "unigram"), ("full_softmax", None)])
 @pytest.mark.parametrize("splits", [2, 3])
 def test_split_batch_gives_the_loss_and_gradients_of_one_pass(kind, sampler, splits):
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [16], "max_history": 8, "min_gru": 4,
-                                           "min_gru_heads": 2, "tie_embeddings": True}})
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [16], "max_history": 8, "tie_embeddings": True,
+                                           "history": [{"kind": "mean"}, {"kind": "min_gru", "window": 4, "heads": 2}]}})
     user, items = build_model(cfg, NUM_ITEMS, [3])
     counts = np.arange(1, NUM_ITEMS + 1)
     candidate_sampler = None if sampler is None else make_sampler(
@@ -42,9 +43,9 @@ def test_split_batch_gives_the_loss_and_gradients_of_one_pass(kind, sampler, spl
             loss = loss_fn(features, labels, training=True, seed=seed)
         return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
 
-    whole = tf.function(lambda: loss_and_grads(make_loss_fn(user, items, kind, candidate_sampler)))()
-    parts = tf.function(lambda: loss_and_grads(make_loss_fn(user, items, kind, candidate_sampler,
-                                                            splits=splits)))()
+    task = RetrievalTask(items, kind, candidate_sampler)
+    whole = tf.function(lambda: loss_and_grads(make_loss_fn(user, task)))()
+    parts = tf.function(lambda: loss_and_grads(make_loss_fn(user, task, splits=splits)))()
     np.testing.assert_allclose(parts[0].numpy(), whole[0].numpy(), rtol=1e-5)
     for g_parts, g_whole, v in zip(parts[1], whole[1], variables):
         np.testing.assert_allclose(g_parts.numpy(), g_whole.numpy(), rtol=1e-4, atol=1e-6, err_msg=v.path)
@@ -52,9 +53,9 @@ def test_split_batch_gives_the_loss_and_gradients_of_one_pass(kind, sampler, spl
 
 def test_split_batch_parts_cover_the_batch_in_order():
     features = {"history": tf.reshape(tf.range(14), [7, 2])}
-    parts = _split_batch(features, tf.range(7), 3)
+    parts = _split_batch(features, tf.range(7), tf.range(7) * 10, 3)
     assert [p[1].numpy().tolist() for p in parts] == [[0, 1], [2, 3, 4], [5, 6]]
-    assert [p[2] for p in parts] == [slice(0, 2), slice(2, 5), slice(5, 7)]
+    assert [p[2].numpy().tolist() for p in parts] == [[0, 10], [20, 30, 40], [50, 60]]
     np.testing.assert_array_equal(parts[1][0]["history"].numpy(), [[4, 5], [6, 7], [8, 9]])
-    assert len(_split_batch(features, tf.range(7), 1)) == 1
-    assert len(_split_batch(features, tf.range(2), 3)) == 1  # fewer rows than parts: one pass
+    assert len(_split_batch(features, tf.range(7), None, 1)) == 1
+    assert len(_split_batch(features, tf.range(2), None, 3)) == 1  # fewer rows than parts: one pass

@@ -312,53 +312,78 @@ def test_in_batch_refuses_keeping_accidental_hits(kind, sampler):
         load_config(None, [f"loss.kind={kind}", f"loss.sampler={sampler}", "loss.remove_accidental_hits=false"])
 
 
-# --- model.transformer* and train.lr_schedule ---------------------------------------------------------
+# --- model.history (the encoders), train.batching and train.lr_schedule -------------------------------
 
 
-def test_new_features_default_off():
+def test_defaults():
     cfg = Config()
-    assert cfg.model.transformer == 0 and cfg.train.lr_schedule == "constant" and cfg.train.warmup_steps == 0
+    assert [e.kind for e in cfg.model.history] == ["mean"] and cfg.model.history[0].window is None
+    assert cfg.train.batching == "positions" and cfg.train.lr_schedule == "constant" and cfg.train.warmup_steps == 0
+
+
+def test_history_is_a_list_of_encoders_with_their_own_fields():
+    cfg = load_config(None, ["model.history=[{kind: mean}, {kind: recent, window: 5}, {kind: gru, window: 20}, "
+                             "{kind: transformer, band: 8, blocks: 3, heads: 2, dropout: 0.1}, "
+                             "{kind: min_gru, window: 10, heads: 8}]"])
+    kinds = [(e.kind, e.reads(cfg.model.max_history)) for e in cfg.model.history]
+    assert kinds == [("mean", 50), ("recent", 5), ("gru", 20), ("transformer", 22), ("min_gru", 10)]
+    assert cfg.model.history[3].blocks == 3 and cfg.model.history[4].heads == 8
 
 
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("model.transformer=-1", "model.transformer:"),
-        ("model.transformer_blocks=0", "model.transformer_blocks:"),
-        ("model.transformer_heads=0", "model.transformer_heads:"),
-        ("model.transformer_dropout=1.0", "model.transformer_dropout:"),
+        ("model.history=[{kind: gruu}]", "model.history.0"),
+        ("model.history=[{kind: gru, windw: 3}]", "model.history.0.gru.windw: unknown key"),
+        ("model.history=[{kind: gru, window: 0}]", "model.history.0.gru.window"),
+        ("model.history=[{kind: transformer, blocks: 0}]", "model.history.0.transformer.blocks"),
+        ("model.history=[{kind: transformer, dropout: 1.0}]", "model.history.0.transformer.dropout"),
+        ("model.history=[]", "model.history"),
         ("train.lr_schedule=linear", "train.lr_schedule:"),
         ("train.warmup_steps=-5", "train.warmup_steps:"),
+        ("train.batching=chunks", "train.batching:"),
     ],
 )
-def test_transformer_and_schedule_fields_are_validated(override, needle):
+def test_encoder_and_schedule_fields_are_validated(override, needle):
     msg = error_of(None, [override])
     assert needle in msg and "\n" not in msg
 
 
-def test_transformer_window_cannot_exceed_the_history():
-    msg = error_of(None, ["model.max_history=10", "model.transformer=20"])
-    assert "model.transformer (20) cannot exceed model.max_history (10)" in msg
+@pytest.mark.parametrize("old, replacement", [("model.gru=20", "{kind: gru"), ("model.recent=5", "{kind: recent"),
+                                              ("model.transformer=20", "{kind: transformer"),
+                                              ("model.min_gru_heads=4", "heads: H")])
+def test_replaced_model_keys_name_their_replacement(old, replacement):
+    msg = error_of(None, [old])
+    assert f"{old.split('=')[0]} was replaced by an entry of model.history" in msg and replacement in msg
 
 
-def test_transformer_heads_must_divide_dim():
-    msg = error_of(None, ["model.dim=64", "model.transformer=20", "model.transformer_heads=3"])
-    assert "model.transformer_heads" in msg and "model.dim" in msg
-    # Heads are irrelevant while the transformer is off.
-    assert load_config(None, ["model.transformer_heads=3"]).model.transformer == 0
+def test_an_encoder_cannot_read_past_the_history():
+    msg = error_of(None, ["model.max_history=10", "model.history=[{kind: mean}, {kind: transformer, band: 8}]"])
+    assert "model.history.1 (transformer) reads the latest 15 items, more than model.max_history (10)" in msg
+
+
+def test_encoder_heads_must_divide_dim():
+    msg = error_of(None, ["model.dim=64", "model.history=[{kind: transformer, heads: 3}]"])
+    assert "model.history.0.heads (3)" in msg and "model.dim" in msg
+    assert "model.history.0.heads (3)" in error_of(None, ["model.history=[{kind: min_gru, heads: 3}]"])
+    assert load_config(None, ["model.history=[{kind: min_gru}]"]).model.history[0].heads is None  # per unit
 
 
 def test_warmup_needs_the_cosine_schedule():
     msg = error_of(None, ["train.warmup_steps=100"])
     assert "train.warmup_steps (100) needs train.lr_schedule=cosine" in msg
-    cfg = load_config(None, ["train.warmup_steps=100", "train.lr_schedule=cosine", "model.transformer=20"])
-    assert (cfg.train.warmup_steps, cfg.model.transformer, cfg.model.transformer_blocks) == (100, 20, 2)
+    cfg = load_config(None, ["train.warmup_steps=100", "train.lr_schedule=cosine"])
+    assert cfg.train.warmup_steps == 100
 
 
-def test_min_gru_heads_must_divide_dim_only_when_the_min_gru_is_on(tmp_path):
-    path = write(tmp_path, "model:\n  dim: 64\n")
-    assert "model.min_gru_heads (3)" in error_of(path, ["model.min_gru=10", "model.min_gru_heads=3"])
-    assert load_config(path, ["model.min_gru_heads=3"]).model.min_gru == 0  # off: the setting is unused
+def test_sequence_batches_are_whole_chunks():
+    assert "multiple of train.sequence_length (64)" in error_of(None, ["train.batching=sequences",
+                                                                       "train.batch_size=100"])
+    assert "cannot exceed the chunks per batch (2" in error_of(None, [
+        "train.batching=sequences", "train.batch_size=128", "train.batch_splits=3"])
+    cfg = load_config(None, ["train.batching=sequences", "train.batch_size=512", "train.sequence_length=32"])
+    assert (cfg.train.batching, cfg.train.batch_size // cfg.train.sequence_length) == ("sequences", 16)
+    assert load_config(None, ["train.batch_size=100"]).train.batching == "positions"  # no constraint there
 
 
 def test_batch_splits_cannot_exceed_the_batch(tmp_path):

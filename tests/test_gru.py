@@ -130,8 +130,11 @@ def test_needs_a_static_window():
         fn.get_concrete_function()
 
 
-@pytest.mark.parametrize("parts", [{"gru": 4, "recent": 2}, {"last_items": 3}, {"attention": True},
-                                   {"min_gru": 4, "min_gru_heads": 2}, {"transformer": 4, "transformer_heads": 2}],
+@pytest.mark.parametrize("parts", [
+    {"history": [{"kind": "mean"}, {"kind": "gru", "window": 4}, {"kind": "recent", "window": 2}]},
+    {"history": [{"kind": "last_items", "window": 3}]}, {"history": [{"kind": "attention"}]},
+    {"history": [{"kind": "min_gru", "window": 4, "heads": 2}]},
+    {"history": [{"kind": "transformer", "band": 3, "heads": 2}]}],
                          ids=["gru+recent", "last_items", "attention", "min_gru", "transformer"])
 @pytest.mark.parametrize("width", [0, 1, 3])
 def test_serving_histories_of_any_width(parts, width):
@@ -151,7 +154,8 @@ def test_serving_histories_of_any_width(parts, width):
 def test_tower_pads_short_serving_histories_to_the_window():
     # The exported tower takes histories of any width: a 2-column history is the same user as the
     # same two items right-aligned in 6 columns (the GRU window of 4 is padded, not cut short).
-    tower = UserTower(20, 4, [8], 6, gru=4, recent=2, example_age=False, name="user")
+    tower = UserTower(20, 4, [8], 6, history=[{"kind": "mean"}, {"kind": "gru", "window": 4}, {"kind": "recent", "window": 2}],
+                      example_age=False, name="user")
 
     def query(history):
         h = tf.constant(np.asarray(history, np.int32))

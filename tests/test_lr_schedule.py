@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from recall.errors import RecallError
-from recall.pipeline import learning_rate_schedule, make_optimizer
+from recall.training.schedule import learning_rate_schedule, make_optimizer
 
 LR, T = 0.002, 1000
 

@@ -211,11 +211,13 @@ def test_towers_give_row_gradients_for_every_table():
     from recall.pipeline import build_model
     from recall.training.samplers import make_sampler
     from recall.training.step import make_loss_fn, trainable_variables
+    from recall.training.task import RetrievalTask
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "recent": 2}})
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6,
+                                           "history": [{"kind": "mean"}, {"kind": "recent", "window": 2}]}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
-    loss_fn = make_loss_fn(user, items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0))
+    loss_fn = make_loss_fn(user, RetrievalTask(items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0)))
     features = {"history": tf.constant([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], tf.int32),
                 "age": tf.zeros([2]), "user_features": tf.zeros([2, 0], tf.int32)}
     with tf.GradientTape() as tape:
@@ -293,11 +295,12 @@ def _shortcut_per_table(model: dict, splits: int = 1) -> dict:
     from recall.training.optim import distinct_by_construction
     from recall.training.samplers import make_sampler
     from recall.training.step import make_loss_fn, trainable_variables
+    from recall.training.task import RetrievalTask
 
     cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, **model}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
-    loss_fn = make_loss_fn(user, items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0),
+    loss_fn = make_loss_fn(user, RetrievalTask(items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0)),
                            splits=splits)
     features = {"history": tf.constant([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], tf.int32),
                 "age": tf.zeros([2]), "user_features": tf.zeros([2, 0], tf.int32)}
@@ -316,8 +319,10 @@ def _shortcut_per_table(model: dict, splits: int = 1) -> dict:
     return found
 
 
-@pytest.mark.parametrize("recency", [{"recent": 0}, {"recent": 2}, {"recent": 0, "min_gru": 4}, {"gru": 3}],
-                         ids=["mean-only", "recent", "min_gru", "gru"])
+@pytest.mark.parametrize("recency", [
+    {"history": [{"kind": "mean"}]}, {"history": [{"kind": "mean"}, {"kind": "recent", "window": 2}]},
+    {"history": [{"kind": "mean"}, {"kind": "min_gru", "window": 4}]},
+    {"history": [{"kind": "mean"}, {"kind": "gru", "window": 3}]}], ids=["mean-only", "recent", "min_gru", "gru"])
 def test_history_gradient_is_distinct_by_construction(recency):
     """The history mean and every per-position window read the same distinct rows: the history
     table's gradient takes aggregate_rows' shortcut whatever the recency parts; the item table's
@@ -330,34 +335,53 @@ def test_history_gradient_is_distinct_by_construction(recency):
 def test_repeated_ids_never_take_the_shortcut(case):
     """A tied table's gradient (history rows + the sampled loss's rows) and a split batch's history
     gradient (one tf.unique per part) are concats with repeated ids: aggregate_rows must de-duplicate."""
-    found = _shortcut_per_table({"recent": 2, "tie_embeddings": case == "tied"}, splits=2 if case == "split" else 1)
+    found = _shortcut_per_table({"history": [{"kind": "mean"}, {"kind": "recent", "window": 2}],
+                                 "tie_embeddings": case == "tied"}, splits=2 if case == "split" else 1)
     assert found and not any(found.values()), found
 
 
-def test_compiled_lazy_adam_step_touches_tables_only_row_wise():
-    """No whole-table op on a table or its slots in the traced step: a dense read would be a copy of
-    the whole table every step (TF's copy-on-read after sparse access) — a cost that grows with N."""
+@pytest.mark.parametrize("batching", ["positions", "sequences"])
+def test_compiled_training_block_touches_tables_only_row_wise(batching):
+    """No whole-table op on a table or its slots in the block training runs (`make_train_block`, as the
+    loop builds it: tied tables, a GRU, a split batch, lazy Adam): a dense read would be a copy of the
+    whole table every step (TF's copy-on-read after sparse access) — a cost that grows with N."""
     from recall.config import Config
-    from recall.pipeline import build_model, make_optimizer
+    from recall.data.examples import make_examples
+    from recall.data.sequences import make_chunks
+    from recall.data.split import leave_last_out
+    from recall.data.synthetic import synthesize
+    from recall.pipeline import build_model
+    from recall.training.inputs import ExampleBatcher, SequenceBatcher
     from recall.training.samplers import make_sampler
-    from recall.training.step import make_loss_fn, make_train_step, trainable_variables
+    from recall.training.schedule import make_optimizer
+    from recall.training.step import make_loss_fn, make_train_block, trainable_variables
+    from recall.training.task import RetrievalTask
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "recent": 2}})
-    user, items = build_model(cfg, 100, [])
+    split = leave_last_out(synthesize(num_users=30, num_items=100, interactions_per_user=12, num_topics=3, seed=1))
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "tie_embeddings": True,
+                                           "history": [{"kind": "mean"}, {"kind": "gru", "window": 3}]}})
+    user, items = build_model(cfg, split.num_items, [])
+    examples = make_examples(split, 6)
+    codes = np.zeros((split.num_users, 0), np.int32)
+    if batching == "sequences":
+        chunks = make_chunks(examples, 4)
+        batcher = SequenceBatcher(split.train_items, split.train_indptr, examples, chunks, codes, user.context, 4)
+    else:
+        batcher = ExampleBatcher(split.train_items, examples, codes, 6)
     variables = trainable_variables(user, items)
     opt = make_optimizer("lazy_adam", 0.01)
     opt.build(variables)
-    loss_fn = make_loss_fn(user, items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0))
-    step = make_train_step(loss_fn, variables, opt)
-    features = {"history": tf.constant([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], tf.int32),
-                "age": tf.zeros([2]), "user_features": tf.zeros([2, 0], tf.int32)}
-    graph = step.get_concrete_function(features, tf.constant([9, 10], tf.int64)).graph
+    task = RetrievalTask(items, "sampled_softmax", make_sampler("log_uniform", 10, split.num_items, seed=0,
+                                                                 stateless=True))
+    block = make_train_block(batcher, make_loss_fn(user, task, batching, splits=2), variables, opt, seed=0)
+    idx = tf.constant(np.arange(8, dtype=np.int64).reshape(2, 4))  # 2 steps of 4 rows / chunks
+    graph = block.get_concrete_function(idx, tf.constant(0, tf.int64)).graph
     watched = {}
     for i, v in enumerate(variables):
-        if v.path in ("user/history_embeddings", "items/embeddings", "items/bias"):
+        if v.path in ("items/embeddings", "items/bias"):
             for name, tensor in [("table", backing_variable(v))] + [(s, opt.slots[s][i]) for s in ("m", "v")]:
                 watched[id(tensor.handle)] = f"{v.path}:{name}"
-    assert len(watched) == 9
+    assert len(watched) == 6  # the tied table (history rows too), its bias, their two slots each
     seen = {}
     for external, internal in graph.captures:
         if id(external) in watched:
@@ -365,6 +389,8 @@ def test_compiled_lazy_adam_step_touches_tables_only_row_wise():
     assert set(seen) == set(watched.values())
     for name, ops in seen.items():
         assert ops <= {"ResourceGather", "ResourceScatterUpdate"}, (name, ops)
+    losses = block(idx, tf.constant(0, tf.int64)).numpy()  # and it runs
+    assert losses.shape == (2,) and np.isfinite(losses).all()
 
 
 @pytest.mark.slow

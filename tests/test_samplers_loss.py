@@ -216,7 +216,8 @@ def _inputs(history, age=None):
             "user_features": tf.zeros([b, 0], tf.int32)}
 
 
-TOWER_ARGS = dict(num_items=10, dim=4, hidden=[8], recent=2, example_age=True)
+TOWER_ARGS = dict(num_items=10, dim=4, hidden=[8], history=[{"kind": "mean"}, {"kind": "recent", "window": 2}],
+                  example_age=True)
 
 
 def test_user_tower_ignores_padding_columns():
@@ -266,7 +267,9 @@ def test_temperature_divides_the_output(normalize):
 
 def test_tower_get_config_round_trips():
     args = dict(num_items=11, dim=6, hidden=[16, 8], max_history=7, feature_sizes=[3, 5], feature_dim=4,
-                recent=2, last_items=2, attention=True, gru=2, example_age=False, dropout=0.1, normalize=True,
+                history=[{"kind": "mean"}, {"kind": "recent", "window": 2}, {"kind": "last_items", "window": 2},
+                         {"kind": "attention"}, {"kind": "gru", "window": 2}],
+                example_age=False, dropout=0.1, normalize=True,
                 temperature=0.5)
     tower = UserTower(name="user", **args)
     config = tower.get_config()
@@ -291,7 +294,8 @@ def test_checkpoint_holds_every_tower_weight(tmp_path):
 
     def towers():
         items = ItemTower(10, 4, name="items")
-        user = UserTower(10, 4, [8, 6], 3, feature_sizes=[2, 3], recent=1, name="user")
+        user = UserTower(10, 4, [8, 6], 3, feature_sizes=[2, 3], history=[{"kind": "mean"}, {"kind": "recent", "window": 1}],
+                         name="user")
         return user, items
 
     x = {"history": tf.constant([[1, 2, 3]]), "age": tf.zeros([1]), "user_features": tf.constant([[1, 3]])}

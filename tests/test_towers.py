@@ -79,7 +79,8 @@ def test_window_from_shared_rows_matches_gather_and_mask_with_its_gradient():
 
 
 def test_recent_window_uses_the_latest_columns():
-    tower = UserTower(20, 4, [8], 5, recent=2, last_items=3, example_age=False, name="user")
+    tower = UserTower(20, 4, [8], 5, history=[{"kind": "mean"}, {"kind": "recent", "window": 2},
+                                              {"kind": "last_items", "window": 3}], example_age=False, name="user")
     a = np.array([[-1, 4, 5, 6, 7]], np.int32)
     b = np.array([[9, 4, 5, 6, 7]], np.int32)  # differs only in the oldest column, outside both windows
 
@@ -91,20 +92,23 @@ def test_recent_window_uses_the_latest_columns():
     emb_b, _ = _window(tower, b, 3)
     np.testing.assert_array_equal(emb_a.numpy(), emb_b.numpy())
     assert not np.allclose(tower(feats(a)).numpy(), tower(feats(b)).numpy())
+    without_mean = UserTower(20, 4, [8], 5, history=[{"kind": "recent", "window": 2}], example_age=False, name="u2")
+    np.testing.assert_allclose(without_mean(feats(a)).numpy(), without_mean(feats(b)).numpy(), rtol=1e-6)
 
 
 def test_gru_window_ignores_left_padding():
-    tower = UserTower(20, 4, [8], 6, gru=4, example_age=False, name="user")
+    tower = UserTower(20, 4, [8], 6, history=[{"kind": "gru", "window": 4}], example_age=False, name="user")
     short = np.array([[-1, -1, -1, -1, 5, 7]], np.int32)
     feats = {"history": tf.constant(short), "age": tf.zeros([1]), "user_features": tf.zeros([1, 0], tf.int32)}
-    emb, mask = _window(tower, short, 4)
-    masked = tower.sequence(emb, mask=mask[..., 0] > 0).numpy()
-    only_items = tower.sequence(emb[:, -2:]).numpy()  # the same two items with no padding at all
-    np.testing.assert_allclose(masked, only_items, rtol=1e-5, atol=1e-6)
     assert tower(feats).shape == (1, 4)
+    gru = tower.encoders[0].gru
+    emb, mask = _window(tower, short, 4)
+    masked = gru(emb, mask=mask[..., 0] > 0).numpy()
+    only_items = gru(emb[:, -2:]).numpy()  # the same two items with no padding at all
+    np.testing.assert_allclose(masked, only_items, rtol=1e-5, atol=1e-6)
 
 
-# --- the self-attention encoder (model.transformer) ---------------------------------------------------
+# --- the self-attention encoder ({kind: transformer}) -------------------------------------------------
 
 
 def _feats(history):
@@ -112,64 +116,59 @@ def _feats(history):
     return {"history": h, "age": tf.zeros([h.shape[0]]), "user_features": tf.zeros([h.shape[0], 0], tf.int32)}
 
 
-def _transformer_tower(seed=0, tied=False, **kwargs):
+def _transformer_tower(seed=0, tied=False, dropout=0.2):
     from recall.model import ItemTower
 
     keras.utils.set_random_seed(seed)
     items = ItemTower(20, 8, name="items") if tied else None
-    tower = UserTower(20, 8, [16], 6, transformer=4, transformer_blocks=2, transformer_heads=2,
-                      example_age=False, shared_items=items, name="user", **kwargs)
+    history = [{"kind": "transformer", "band": 3, "blocks": 2, "heads": 2, "dropout": dropout}]
+    tower = UserTower(20, 8, [16], 6, history=history, example_age=False, shared_items=items, name="user")
     tower(_feats([[-1] * 6]))
     return tower, items
 
 
 def test_transformer_output_shape_and_config():
     tower, _ = _transformer_tower()
+    encoder = tower.encoders[0]
+    assert encoder.reads == 5  # 2 blocks · (band 3 − 1) + 1
     out = tower(_feats([[-1, -1, 3, 5, 7, 9], [1, 2, 3, 4, 5, 6], [-1] * 6]), training=True)
     assert out.shape == (3, 8)
     assert np.isfinite(out.numpy()).all()  # an empty history (all PAD) too
-    assert tower.encoder(tf.zeros([3, 4, 8]), tf.ones([3, 4, 1])).shape == (3, 8)
-    config = tower.get_config()
-    assert (config["transformer"], config["transformer_blocks"], config["transformer_heads"]) == (4, 2, 2)
-    assert tower.encoder.get_config()["blocks"] == 2
-    encoder = type(tower.encoder).from_config(tower.encoder.get_config())
-    assert encoder(tf.zeros([2, 4, 8]), tf.ones([2, 4, 1])).shape == (2, 8)
+    assert encoder.encoder(tf.zeros([3, 4, 8]), tf.ones([3, 4, 1])).shape == (3, 4, 8)
+    assert tower.get_config()["history"] == [{"kind": "transformer", "band": 3, "blocks": 2, "heads": 2,
+                                              "dropout": 0.2}]
+    config = encoder.encoder.get_config()
+    assert (config["blocks"], config["heads"], config["band"]) == (2, 2, 3)
+    clone = type(encoder.encoder).from_config(config)
+    assert clone.get_config() == config
 
 
 def test_transformer_ignores_left_padding():
     tower, _ = _transformer_tower()
-    # The same three items with 3, 1 and 0 PAD on their left (the tower takes any history width;
-    # positions count back from the latest item).
-    wide = tower(_feats([[-1, -1, -1, 3, 5, 7]])).numpy()
-    narrow = tower(_feats([[-1, 3, 5, 7]])).numpy()
-    bare = tower(_feats([[3, 5, 7]])).numpy()
-    np.testing.assert_allclose(wide, narrow, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(wide, bare, rtol=1e-5, atol=1e-6)
-    # Inside a batch beside a full-length row, too (the other row must not leak in).
-    batch = tower(_feats([[1, 2, 4, 6, 8, 9], [-1, -1, -1, 3, 5, 7]])).numpy()
-    np.testing.assert_allclose(batch[1], wide[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tower(_feats([[-1, -1, -1, 3, 5, 7]])).numpy(),
+                               tower(_feats([[-1, -5, -1, 3, 5, 7]])).numpy(), rtol=1e-6)
 
 
-def test_transformer_sees_order():
+def test_transformer_sees_order_and_distance():
     tower, _ = _transformer_tower()
-    forward = tower(_feats([[-1, -1, -1, 3, 5, 7]])).numpy()
-    backward = tower(_feats([[-1, -1, -1, 7, 5, 3]])).numpy()  # same items (same mean), reversed
-    assert np.abs(forward - backward).max() > 1e-3
-    # The difference is the encoder's: the history means are equal.
+    encoder = tower.encoders[0].encoder
+    encoder.block_0.relative_bias.assign([[0.0, 1.0, -1.0], [2.0, 0.0, 0.5]])  # distances now matter too
 
     def encoded(history):
-        return tower.encoder(*_window(tower, history, len(history[0]))).numpy()
+        return encoder(*_window(tower, history, len(history[0])))[:, -1].numpy()
 
     assert np.abs(encoded([[3, 5, 7]]) - encoded([[7, 5, 3]])).max() > 1e-3
+    # Outside the receptive field (5 items) nothing matters: the oldest of 6 columns is ignored.
+    np.testing.assert_allclose(encoded([[1, 3, 5, 7, 9, 11]]), encoded([[2, 3, 5, 7, 9, 11]]), rtol=1e-6)
 
 
 def test_transformer_checkpoint_round_trip(tmp_path):
-    tower, items = _transformer_tower(seed=0, tied=True, transformer_dropout=0.1)
+    tower, items = _transformer_tower(seed=0, tied=True, dropout=0.1)
     feats = _feats([[-1, 2, 3, 5, 7, 11], [4, 4, 1, 0, 19, 2]])
     expected = tower(feats).numpy()
     path = tf.train.Checkpoint(user=tower, items=items).save(str(tmp_path / "ckpt"))
 
-    other, other_items = _transformer_tower(seed=1, tied=True, transformer_dropout=0.1)
+    other, other_items = _transformer_tower(seed=1, tied=True, dropout=0.1)
     assert not np.allclose(other(feats).numpy(), expected)
     status = tf.train.Checkpoint(user=other, items=other_items).restore(path)
     status.assert_consumed()  # every saved value found a home …
@@ -178,8 +177,8 @@ def test_transformer_checkpoint_round_trip(tmp_path):
     # Every encoder weight is in the checkpoint (not only reachable through a list).
     names = [name for name, _ in tf.train.list_variables(path)]
     for block in ("block_0", "block_1"):
-        assert any(f"encoder/{block}/attention" in n for n in names), names
-    assert any("encoder/positions" in n for n in names), names
+        assert any(f"encoder/{block}/qkv" in n for n in names), names
+        assert any(f"encoder/{block}/relative_bias" in n for n in names), names
 
 
 def test_transformer_with_tied_embeddings_reads_the_output_table():
@@ -196,8 +195,9 @@ def test_bfloat16_tower_restores_a_float32_checkpoint_and_returns_float32(tmp_pa
     rng = np.random.default_rng(4)
     inputs = {"history": tf.constant(rng.integers(-1, 40, (16, 12)), tf.int32), "age": tf.zeros([16]),
               "user_features": tf.zeros([16, 0], tf.int32)}
-    full = UserTower(40, 16, [32], 12, gru=5, recent=3, dropout=0.2, name="user")
-    half = UserTower(40, 16, [32], 12, gru=5, recent=3, dropout=0.2, compute_dtype="bfloat16", name="user")
+    history = [{"kind": "mean"}, {"kind": "recent", "window": 3}, {"kind": "gru", "window": 5}]
+    full = UserTower(40, 16, [32], 12, history=history, dropout=0.2, name="user")
+    half = UserTower(40, 16, [32], 12, history=history, dropout=0.2, compute_dtype="bfloat16", name="user")
     full(inputs), half(inputs)
     path = tf.train.Checkpoint(user=full).save(str(tmp_path / "ckpt"))
     tf.train.Checkpoint(user=half).restore(path).assert_existing_objects_matched()

@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 _PAD_LOGIT = -1e4  # σ(−1e4) = 0 in float32: at padding 1 − z = 0, gradients 0 too
+_UNROLL_LIMIT = 32  # longer sequences of states (a running GRU over a chunk) use tf.scan
 
 
 class UnrolledGRU(keras.layers.Layer):
@@ -78,6 +79,8 @@ class UnrolledGRU(keras.layers.Layer):
             pad = (1.0 - tf.cast(mask, dtype)) * tf.cast(_PAD_LOGIT, dtype)  # [B, T]
             update_columns = tf.concat([tf.ones([h_units], dtype), tf.zeros([2 * h_units], dtype)], axis=0)
             projected = projected + pad[..., None] * update_columns
+        if return_sequences and steps > _UNROLL_LIMIT:
+            return self._scan(projected, recurrent, bias_rec, mm)
         state, states = None, []
         # unstack, not x[:, t]: one Unpack whose gradient is one Pack, not T zero-filled slice gradients.
         for step in tf.unstack(projected, axis=1):
@@ -94,6 +97,23 @@ class UnrolledGRU(keras.layers.Layer):
         if state is None:  # a window of zero steps
             return tf.zeros([tf.shape(x)[0], 0, h_units] if return_sequences else [tf.shape(x)[0], h_units], dtype)
         return tf.stack(states, axis=1) if return_sequences else state
+
+    def _scan(self, projected, recurrent, bias_rec, mm):
+        """Every state `[B, T, H]` by a `tf.scan` over the T steps of `projected` `[B, T, 3H]` (the same
+        arithmetic as the unrolled loop): a running GRU over a training chunk has tens of steps, which
+        unrolled in every copy of a compiled training block take minutes to trace."""
+        h_units, dtype = self.units, projected.dtype
+
+        def step(state, x_step):
+            x_gates, x_h = tf.split(x_step, [2 * h_units, h_units], axis=-1)
+            pre = tf.nn.bias_add(tf.cast(tf.matmul(tf.cast(state, mm), recurrent), dtype), bias_rec)
+            r_gates, r_h = tf.split(pre, [2 * h_units, h_units], axis=-1)
+            keep, reset = tf.split(tf.sigmoid(x_gates + r_gates), 2, axis=-1)  # 1 − z, r
+            return state + keep * (tf.tanh(x_h + reset * r_h) - state)
+
+        initial = tf.zeros([tf.shape(projected)[0], h_units], dtype)  # h_0 = 0: h U = 0, as unrolled
+        states = tf.scan(step, tf.transpose(projected, [1, 0, 2]), initializer=initial)  # [T, B, H]
+        return tf.transpose(states, [1, 0, 2])
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "matmul_dtype": self.matmul_dtype}
