@@ -64,14 +64,14 @@ def per_position_queries(user, items, labelled, codes, age):
     """The per-position tower on each labelled position's own history: [R, D] in row-major order."""
     histories, rows_codes, rows_age = [], [], []
     for c in range(items.shape[0]):
-        for l in range(LENGTH):
-            if not labelled[c, l]:
+        for pos in range(LENGTH):
+            if not labelled[c, pos]:
                 continue
-            before = items[c, :MAX_HISTORY + l]
+            before = items[c, :MAX_HISTORY + pos]
             before = before[before >= 0][-MAX_HISTORY:]
             histories.append(np.r_[np.full(MAX_HISTORY - len(before), -1), before])
             rows_codes.append(codes[c])
-            rows_age.append(age[c, l])
+            rows_age.append(age[c, pos])
     return user({"history": tf.constant(np.array(histories), tf.int32), "age": tf.constant(rows_age),
                  "user_features": tf.constant(np.array(rows_codes).reshape(len(rows_codes), -1), tf.int32)}).numpy()
 
