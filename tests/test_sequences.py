@@ -60,7 +60,7 @@ def test_every_example_once_with_its_own_history(split, min_history, per_user, l
     assert (labels[~labelled] == 0).all() and (weights[~labelled] == 0).all()
     # The history of position l of chunk c: the columns before it, the latest max_history.
     rows = np.argwhere(labelled)
-    histories = np.stack([features["items"][c, l:max_history + l] for c, l in rows])
+    histories = np.stack([features["items"][c, p:max_history + p] for c, p in rows])
     np.testing.assert_array_equal(histories, want_features["history"].numpy())
     np.testing.assert_array_equal(np.repeat(features["user_features"], labelled.sum(1), axis=0),
                                   want_features["user_features"].numpy())

@@ -34,7 +34,7 @@ _ALIASES = {
     "timestamp": ("Timestamp",),
     "rating": ("Rating",),
 }
-_WHAT = {"user": "user id", "item": "item id", "timestamp": "timestamp", "rating": "rating"}
+_WHAT = {"user": "user id", "item": "item id", "timestamp": "timestamp", "rating": "rating", "weight": "weight"}
 _DELIMITERS = ",\t;|"
 _SUFFIX_KIND = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv",
                 ".txt": "csv", ".dat": "dat"}
@@ -295,7 +295,7 @@ def _find(file: Path, found: list[str], want: str, logical: str, sep: str | None
           required: bool = True) -> str | None:
     if want in found:
         return want
-    for alias in _ALIASES[logical]:
+    for alias in _ALIASES.get(logical, ()):
         if alias in found:
             return alias
     if not required:
