@@ -82,14 +82,41 @@ def _without_timing(tree):
     return tree
 
 
-def test_sigkilled_twice_then_resumed_equals_an_uninterrupted_run(tmp_path):
+def _steps_per_epoch(config: Path) -> int:
+    """Batches per epoch of the config's data: examples / batch, or chunks / chunks per batch."""
+    import math
+
+    import recall
+    from recall.data.sequences import make_chunks
+    from recall.pipeline import prepare_data
+
+    cfg = recall.load_config(config)
+    data = prepare_data(cfg)
+    tc = cfg.train
+    if tc.batching == "sequences":
+        return math.ceil(len(make_chunks(data.examples, tc.sequence_length)) / (tc.batch_size // tc.sequence_length))
+    return math.ceil(len(data.examples) / tc.batch_size)
+
+
+# Sequence batching: chunks of 8 positions, 4 per batch (a causal transformer besides the means).
+SEQUENCE_CONFIG = CONFIG.replace("history: [{kind: mean}, {kind: recent, window: 3}]",
+                                 "history: [{kind: mean}, {kind: recent, window: 3}, {kind: transformer, band: 4}]"
+                                 ).replace("batch_size: 32,", "batch_size: 32, batching: sequences, sequence_length: 8,")
+
+
+@pytest.mark.parametrize("batching", ["positions", "sequences"])
+def test_sigkilled_twice_then_resumed_equals_an_uninterrupted_run(tmp_path, batching):
     config = tmp_path / "run.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG if batching == "positions" else SEQUENCE_CONFIG)
+    steps_per_epoch = _steps_per_epoch(config)
+    assert steps_per_epoch > 200  # room to be killed mid-epoch
+    if batching == "positions":
+        assert steps_per_epoch == STEPS_PER_EPOCH
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     straight_log, killed_log = tmp_path / "straight.log", tmp_path / "killed.log"
 
     straight = _start(config, straight_dir, straight_log)  # runs alongside the killed one
-    for kill_past in (150, STEPS_PER_EPOCH + 150):  # once in epoch 1, once in epoch 2
+    for kill_past in (150, steps_per_epoch + 150):  # once in epoch 1, once in epoch 2
         proc = _start(config, killed_dir, killed_log)
         _kill_once_past(proc, killed_dir, kill_past, killed_log)
         state = _checkpoint(killed_dir)
@@ -99,7 +126,7 @@ def test_sigkilled_twice_then_resumed_equals_an_uninterrupted_run(tmp_path):
     assert final.wait(timeout=600) == 0, killed_log.read_text()[-3000:]
     assert straight.wait(timeout=600) == 0, straight_log.read_text()[-3000:]
     assert killed_log.read_text().count("resumed from") >= 2
-    assert json.loads((straight_dir / "metrics.json").read_text())["train"]["steps"] == 3 * STEPS_PER_EPOCH
+    assert json.loads((straight_dir / "metrics.json").read_text())["train"]["steps"] == 3 * steps_per_epoch
 
     # The same weights, optimizer slots, sampler/dropout state and counters, bit for bit.
     a, b = _checkpoint(straight_dir), _checkpoint(killed_dir)

@@ -77,7 +77,10 @@ def read_interactions(
     sep = _delimiter(file, delimiter) if kind == "csv" else None
     found = _header(file, kind, sep, _RATINGS_DAT, _FORMAT_FIX)
     if kind == "dat":  # fixed layout, no header: the configured names do not apply
-        names = {k: DEFAULT_COLUMNS[k] for k in names}
+        if names["weight"]:
+            raise RecallError(f"{file}: a MovieLens .dat file has no weight column; unset data.columns.weight "
+                              "or convert the log to CSV/Parquet with one")
+        names = {k: DEFAULT_COLUMNS.get(k) for k in names}
     col = {k: _find(file, found, names[k], k, sep) for k in ("user", "item", "timestamp")}
     rating = _find(file, found, names["rating"], "rating", sep, required=False)
     weight = _find(file, found, names["weight"], "weight", sep) if names["weight"] else None
