@@ -299,7 +299,7 @@ def _(e: Env) -> Spec:
     cfg = e.file_config("ratings.csv")
     e.run.mkdir()
     (e.run / "config.yaml").write_text(dump_config(load_config(cfg, ["model.dim=8"])))
-    return e.train(cfg), (str(e.run), "'model'")
+    return e.train(cfg), (str(e.run), "model.dim=8, not 64")
 
 
 # --- data files -----------------------------------------------------------------------------------
