@@ -603,6 +603,26 @@ def _(e: Env) -> Spec:
     return e.query(e.export_copy(), "--feature", "gender=F"), ("--feature gender", "not a feature")
 
 
+@case("similar: an item the model does not know")
+def _(e: Env) -> Spec:
+    export = e.export_copy()
+    return ["similar", str(export), "--item", "999999"], ("item 999999", "not in the catalogue", str(export))
+
+
+@case("similar: k past the catalogue less the item")
+def _(e: Env) -> Spec:
+    export = e.export_copy()
+    return ["similar", str(export), "--item", str(np.load(export / "item_ids.npy")[0]), "-k", "30"], ("k=30", "29")
+
+
+@case("similar: item_vectors.npy of another shape with a matching sha")
+def _(e: Env) -> Spec:
+    export = e.export_copy()
+    np.save(export / "item_vectors.npy", np.zeros((3, 9), np.float32))
+    reseal(export, "item_vectors.npy")
+    return ["similar", str(export), "--item", "1"], (str(export / "item_vectors.npy"), "(3, 9)")
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 
