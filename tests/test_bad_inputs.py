@@ -174,6 +174,12 @@ def _(e: Env) -> Spec:
     return e.train(e.files["ratings.parquet"]), (str(e.files["ratings.parquet"]),)
 
 
+@case("config file is empty")
+def _(e: Env) -> Spec:
+    cfg = e.config("# TODO\n")
+    return e.train(cfg), (str(cfg), "empty", "configs/quickstart.yaml")
+
+
 @case("config top level is a list")
 def _(e: Env) -> Spec:
     cfg = e.config("- data\n- model\n")
