@@ -189,6 +189,9 @@ RESUME_RULES: tuple[tuple[str, bool, str], ...] = (
     ("loss", FIXED, "the objective, its sampler and the sampler state in the checkpoint"),
     ("train.epochs", FREE, "how long to train (with lr_schedule cosine the decay is re-planned; a warning says so)"),
     ("train.batch_size", FIXED, "a mid-epoch checkpoint counts batches: another size resumes at other examples"),
+    ("train.batching", FIXED, "positions or chunks of users' sequences: what a batch holds, so the order a "
+     "mid-epoch checkpoint counts batches of"),
+    ("train.sequence_length", FIXED, "with batching sequences, the chunks a batch is made of (compared only then)"),
     ("train.learning_rate", FIXED, "the rate the run is trained at (Keras restores the old constant rate "
      "from the checkpoint anyway)"),
     ("train.optimizer", FIXED, "its slots live in the checkpoint"),
@@ -215,8 +218,13 @@ RESUME_RULES: tuple[tuple[str, bool, str], ...] = (
     ("index", FREE, "the final index (validation searches with it too: an approximate one measures a little "
      "lower)"),
 )
+def _chunk_length(cfg: Config) -> int | None:
+    """train.sequence_length where it shapes the batches (batching: sequences), else None."""
+    return cfg.train.sequence_length if getattr(cfg.train, "batching", "positions") == "sequences" else None
+
+
 # Rows compared by a resolved value rather than by the raw fields under them.
-_RESOLVED = {"train.early_stopping.metric": best_metric}
+_RESOLVED = {"train.early_stopping.metric": best_metric, "train.sequence_length": _chunk_length}
 _UNSET = object()
 
 
