@@ -1,4 +1,4 @@
-"""`recall` command line: train, evaluate, export, query, data synth.
+"""`recall` command line: train, evaluate, export, query, similar, data synth.
 
 User-caused errors (`RecallError`, bad arguments) → one line on stderr, exit code 2, no traceback.
 """
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE", help="a user feature value")
     q.add_argument("--include-seen", action="store_true", help="do not remove the history items")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    m = sub.add_parser("similar", help="the items most like an item (item-to-item), from an export bundle")
+    m.add_argument("export_dir")
+    m.add_argument("--item", required=True, help="a raw item id")
+    m.add_argument("-k", type=int, default=10)
+    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -156,6 +162,21 @@ def _cmd_query(args) -> int:
     return 0
 
 
+def _cmd_similar(args) -> int:
+    import json
+
+    from recall.similar import SimilarItems
+
+    ids, scores = SimilarItems.load(args.export_dir).similar([args.item.strip()], k=args.k)
+    if args.json:
+        print(json.dumps({"item": args.item.strip(), "items": ids[0], "scores": scores[0]}))
+    else:
+        print(f"{'rank':>4}  {'item':>10}  score")
+        for r, (i, s) in enumerate(zip(ids[0], scores[0], strict=True), 1):
+            print(f"{r:>4}  {i!s:>10}  {s:.4f}")
+    return 0
+
+
 def _cmd_data(args) -> int:
     from recall.data.readers import write_interactions
     from recall.data.synthetic import synthesize
@@ -178,10 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "faiss"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-        if args.command in ("evaluate", "export", "query"):
+        if args.command in ("evaluate", "export", "query", "similar"):
             _import_tensorflow_quietly(args.verbose)
         handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
-                   "query": _cmd_query, "data": _cmd_data}[args.command]
+                   "query": _cmd_query, "similar": _cmd_similar, "data": _cmd_data}[args.command]
         return handler(args)
     except RecallError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -473,7 +473,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
             raise RecallError(f"{p}:{where} is not valid YAML; fix the syntax") from None
-        raw = {} if raw is None else raw
+        if raw is None:  # an empty file (or only comments): most likely not the file meant
+            raise RecallError(f"{p}: the config file is empty; write the settings in it (start from "
+                              "configs/quickstart.yaml), or `{}` to train the built-in data with every default")
         if not isinstance(raw, dict):
             raise RecallError(f"{p}: the top level must be a mapping of sections (data:, model:, …)")
     for text in overrides or []:

@@ -25,6 +25,7 @@ Library users (`recall.train` from Python) can set `GLIBC_TUNABLES=glibc.malloc.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -36,6 +37,8 @@ RESTARTED = "RECALL_HUGE_PAGES_RESTARTED"  # set in the restarted process: never
 _OFF = ("0", "false", "off", "no")
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _MIN_GLIBC = (2, 35)  # the first glibc with the `glibc.malloc.hugetlb` tunable
+
+log = logging.getLogger(__name__)
 
 
 def thp_mode(path: Path = THP_MODE_FILE) -> str | None:
@@ -88,7 +91,8 @@ def restart_with_huge_pages(execv: Callable[[str, list[str], dict], None] = os.e
     Call it first thing in a command's entry point, before TensorFlow is imported (it would be loaded
     twice otherwise). The command is `sys.executable` + `sys.orig_argv[1:]` (the interpreter's own
     options such as `-m`, `-X`, `-W` kept), replayed only when it ends with this process's `sys.argv[1:]`
-    and does not read the program from stdin. If the exec fails, training goes on without huge pages.
+    and does not read the program from stdin. If the exec fails, a warning says why and training goes
+    on without huge pages.
     """
     if not wanted():
         return
@@ -101,5 +105,7 @@ def restart_with_huge_pages(execv: Callable[[str, list[str], dict], None] = os.e
     sys.stderr.flush()
     try:
         execv(sys.executable, [sys.executable, *orig[1:]], env)
-    except OSError:
-        return
+    except OSError as e:
+        # Called before logging is configured: Python's last-resort handler prints this on stderr.
+        log.warning("huge pages: could not restart %s with GLIBC_TUNABLES=%s (%s); training continues without "
+                    "huge pages (set %s=0 to skip the restart)", sys.executable, TUNABLE, e.strerror or e, ENV_SWITCH)

@@ -122,27 +122,120 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
     return user, items
 
 
+def best_metric(cfg: Config) -> str:
+    """The validation metric "best" is measured by: the early-stopping metric, or without early
+    stopping HR at the largest K ≤ 50 in eval.ks (the smallest K when every K is larger)."""
+    es = cfg.train.early_stopping
+    return es.metric if es else f"hr@{max([k for k in cfg.eval.ks if k <= 50] or [min(cfg.eval.ks)])}"
+
+
+# What a resumed run may change: (dotted path, may change, why). A path stands for everything under
+# it; the longest listed prefix of a field decides, and a field no row covers is refused (and fails
+# tests/test_pipeline.py, which checks that every config field has a row). A new field is one line.
+FIXED, FREE = False, True
+RESUME_RULES: tuple[tuple[str, bool, str], ...] = (
+    ("seed", FIXED, "the epoch order and every step's negatives are keyed on it"),
+    ("run_dir", FREE, "where the run lives"),
+    ("data", FIXED, "the interactions, the vocabulary and the examples the checkpoint learnt from"),
+    ("model", FIXED, "the weights the checkpoint holds"),
+    ("model.compute_dtype", FREE, "how the matmuls run, not what the checkpoint holds"),
+    ("loss", FIXED, "the objective, its sampler and the sampler state in the checkpoint"),
+    ("train.epochs", FREE, "how long to train (with lr_schedule cosine the decay is re-planned; a warning says so)"),
+    ("train.batch_size", FIXED, "a mid-epoch checkpoint counts batches: another size resumes at other examples"),
+    ("train.batching", FIXED, "positions or chunks of users' sequences: what a batch holds, so the order a "
+     "mid-epoch checkpoint counts batches of"),
+    ("train.sequence_length", FIXED, "with batching sequences, the chunks a batch is made of (compared only then)"),
+    ("train.learning_rate", FIXED, "the rate the run is trained at (Keras restores the old constant rate "
+     "from the checkpoint anyway)"),
+    ("train.optimizer", FIXED, "its slots live in the checkpoint"),
+    ("train.min_history", FIXED, "the example set: a mid-epoch resume would skip other examples"),
+    ("train.max_examples_per_user", FIXED, "the example set: a mid-epoch resume would skip other examples"),
+    ("train.shuffle", FIXED, "the epoch order: a mid-epoch resume would skip other examples"),
+    ("train.early_stopping", FREE, "on or off, as long as the metric 'best' is measured by stays"),
+    ("train.early_stopping.metric", FIXED, "the metric the kept best score was measured by (compared as "
+     "resolved: without early stopping, HR at the largest K ≤ 50 in eval.ks)"),
+    ("train.early_stopping.patience", FREE, "when to stop, not what 'best' means"),
+    ("train.checkpoint_every_steps", FREE, "where checkpoints fall, not what is trained"),
+    ("train.batch_splits", FREE, "the same examples and negatives, computed in parts"),
+    ("train.steps_per_execution", FREE, "the same updates in the same order, fewer Python round trips"),
+    ("train.deterministic", FREE, "kernel determinism, not the examples or their order"),
+    ("train.intra_op_threads", FREE, "thread count"),
+    ("train.inter_op_threads", FREE, "thread count"),
+    ("train.lr_schedule", FIXED, "the optimizer's state differs between schedules (Keras cannot restore "
+     "one into the other)"),
+    ("train.warmup_steps", FIXED, "part of the learning-rate schedule the run is on"),
+    ("eval.ks", FREE, "which Ks are reported (the metric 'best' is measured by is checked on its own)"),
+    ("eval.batch_size", FREE, "evaluation speed"),
+    ("eval.query_age", FIXED, "the validation scores the kept best score is compared with"),
+    ("eval.index_recall_queries", FREE, "the final index-quality sample, not training"),
+    ("index", FREE, "the final index (validation searches with it too: an approximate one measures a little "
+     "lower)"),
+)
+def _chunk_length(cfg: Config) -> int | None:
+    """train.sequence_length where it shapes the batches (batching: sequences), else None."""
+    return cfg.train.sequence_length if getattr(cfg.train, "batching", "positions") == "sequences" else None
+
+
+# Rows compared by a resolved value rather than by the raw fields under them.
+_RESOLVED = {"train.early_stopping.metric": best_metric, "train.sequence_length": _chunk_length}
+_UNSET = object()
+
+
+def resume_rule(path: str) -> tuple[str, bool, str] | None:
+    """The RESUME_RULES row that decides `path` (the longest listed prefix), None when no row covers it."""
+    rows = [r for r in RESUME_RULES if path == r[0] or path.startswith(r[0] + ".")]
+    return max(rows, key=lambda r: len(r[0]), default=None)
+
+
+def _differences(old, new, prefix: str = ""):
+    """(dotted path, old value, new value) wherever two nested dicts differ; a section set on one side
+    and null on the other differs as a whole (`data.user_features`), missing keys as _UNSET."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and old and new):
+        if old != new:
+            yield prefix.rstrip("."), old, new
+        return
+    for key in dict.fromkeys([*old, *new]):
+        yield from _differences(old.get(key, _UNSET), new.get(key, _UNSET), f"{prefix}{key}.")
+
+
+def resume_conflicts(old: Config, new: Config) -> list[tuple[str, object, object, str]]:
+    """Every field a resumed run may not change that `new` changes: (dotted path, old, new, why)."""
+    out = []
+    for path, was, now in _differences(old.to_dict(), new.to_dict()):
+        rule = resume_rule(path)
+        if rule is None or not (rule[1] or rule[0] in _RESOLVED):
+            out.append((path, was, now, rule[2] if rule else "not in RESUME_RULES"))
+    for path, resolve in _RESOLVED.items():
+        if resolve(old) != resolve(new):
+            out.append((path, resolve(old), resolve(new), resume_rule(path)[2]))
+    return out
+
+
+def _shown(value) -> str:
+    """A config value as typed in YAML / --set (strings bare, lists and null in flow style)."""
+    text = "unset" if value is _UNSET else value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_run_dir(cfg: Config, run_dir: Path) -> None:
-    """A run directory belongs to one experiment: resuming with a different model/data/loss is refused."""
+    """A run directory belongs to one experiment: resuming it with a change RESUME_RULES refuses (one
+    that alters the examples, their order, the weights or what "best" means) is a RecallError."""
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
     import yaml
 
     old = config_from_dict(yaml.safe_load(saved.read_text()), str(saved))
-    # model.compute_dtype is how the matmuls run, not what the checkpoint holds: switching it resumes.
-    old = old.model_copy(update={"model": old.model.model_copy(update={"compute_dtype": cfg.model.compute_dtype})})
-    for section in ("data", "model", "loss"):
-        if getattr(old, section) != getattr(cfg, section):
-            raise RecallError(
-                f"{run_dir}: holds a run with a different '{section}' section; use a new --run-dir, "
-                "or delete the old one to start over"
-            )
-    if old.train.optimizer != cfg.train.optimizer:  # its slots live in the checkpoint
-        raise RecallError(
-            f"{run_dir}: was trained with train.optimizer={old.train.optimizer}, not {cfg.train.optimizer}; "
-            "resume with the same optimizer or use a new --run-dir"
-        )
+    conflicts = resume_conflicts(old, cfg)
+    if conflicts:
+        path, was, now, why = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more field(s))" if len(conflicts) > 1 else ""
+        raise RecallError(f"{run_dir}: was trained with {path}={_shown(was)}, not {_shown(now)}{more} — {why}; "
+                          f"set it back to resume, or use a new --run-dir (or delete the old one) to start over")
+    if old.train.epochs != cfg.train.epochs and cfg.train.lr_schedule == "cosine":
+        log.warning("%s: train.epochs %d → %d with lr_schedule cosine: the decay is re-planned over the new "
+                    "total, so the learning rate jumps at the resumed step", run_dir, old.train.epochs,
+                    cfg.train.epochs)
 
 
 def train(cfg: Config, run_dir: str | Path | None = None) -> dict:

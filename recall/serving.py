@@ -136,6 +136,7 @@ class Recommender:
                               f"{manifest['item_id_dtype']}; re-export the run")
         rec = cls(manifest, index, item_ids, signature)
         rec._model = model  # keep the SavedModel (and its lookup tables) alive
+        rec._export_dir = export_dir  # item_vectors.npy is read by similar(), when first asked
         return rec
 
     # -- ids -------------------------------------------------------------------------------------
@@ -200,3 +201,15 @@ class Recommender:
         if return_scores:
             return raw, [[float(s) for s, i in zip(srow, row) if i >= 0] for srow, row in zip(scores, ids)]
         return raw
+
+    # -- item to item ----------------------------------------------------------------------------
+    def similar(self, item_ids: list, k: int = 10) -> tuple[list[list], list[list[float]]]:
+        """For each raw item id, the `k` most similar raw ids (itself left out) and their scores, best
+        first: the model's own item-item similarity without the bias (recall/similar.py)."""
+        from recall.similar import SimilarItems, load_item_vectors
+
+        if getattr(self, "_similar", None) is None:
+            vectors = load_item_vectors(self._export_dir, self.manifest, self.index)
+            self._similar = SimilarItems(self.index, vectors, self.item_ids, self.manifest["bias_folded"],
+                                         str(self._export_dir))
+        return self._similar.similar(item_ids, k)

@@ -174,6 +174,12 @@ def _(e: Env) -> Spec:
     return e.train(e.files["ratings.parquet"]), (str(e.files["ratings.parquet"]),)
 
 
+@case("config file is empty")
+def _(e: Env) -> Spec:
+    cfg = e.config("# TODO\n")
+    return e.train(cfg), (str(cfg), "empty", "configs/quickstart.yaml")
+
+
 @case("config top level is a list")
 def _(e: Env) -> Spec:
     cfg = e.config("- data\n- model\n")
@@ -300,7 +306,7 @@ def _(e: Env) -> Spec:
     cfg = e.file_config("ratings.csv")
     e.run.mkdir()
     (e.run / "config.yaml").write_text(dump_config(load_config(cfg, ["model.dim=8"])))
-    return e.train(cfg), (str(e.run), "'model'")
+    return e.train(cfg), (str(e.run), "model.dim=8, not 64")
 
 
 # --- data files -----------------------------------------------------------------------------------
@@ -602,6 +608,26 @@ def _(e: Env) -> Spec:
 @case("query --feature the model does not have")
 def _(e: Env) -> Spec:
     return e.query(e.export_copy(), "--feature", "gender=F"), ("--feature gender", "not a feature")
+
+
+@case("similar: an item the model does not know")
+def _(e: Env) -> Spec:
+    export = e.export_copy()
+    return ["similar", str(export), "--item", "999999"], ("item 999999", "not in the catalogue", str(export))
+
+
+@case("similar: k past the catalogue less the item")
+def _(e: Env) -> Spec:
+    export = e.export_copy()
+    return ["similar", str(export), "--item", str(np.load(export / "item_ids.npy")[0]), "-k", "30"], ("k=30", "29")
+
+
+@case("similar: item_vectors.npy of another shape with a matching sha")
+def _(e: Env) -> Spec:
+    export = e.export_copy()
+    np.save(export / "item_vectors.npy", np.zeros((3, 9), np.float32))
+    reseal(export, "item_vectors.npy")
+    return ["similar", str(export), "--item", "1"], (str(export / "item_vectors.npy"), "(3, 9)")
 
 
 # --- the table ------------------------------------------------------------------------------------

@@ -194,7 +194,8 @@ def test_run_dir_of_a_different_experiment(tmp_path, capsys, data):
     cfg = file_config(tmp_path, data["csv"])
     old = dump_config(load_config(cfg, ["model.dim=8"]))
     (run / "config.yaml").write_text(old)
-    assert_user_error(capsys, ["train", str(cfg), "--run-dir", str(run)], str(run), "'model'")
+    assert_user_error(capsys, ["train", str(cfg), "--run-dir", str(run)], str(run), "model.dim=8, not 64",
+                      "--run-dir")
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
     assert (run / "config.yaml").read_text() == old
 

@@ -107,9 +107,18 @@ def test_top_level_must_be_a_mapping(tmp_path):
     assert "mapping" in msg and "exp.yaml" in msg
 
 
-def test_empty_file_means_defaults(tmp_path):
-    cfg = load_config(write(tmp_path, ""))
-    assert cfg.model.dim == Config().model.dim
+@pytest.mark.parametrize("text", ["", "\n  \n", "# nothing yet\n"])
+def test_an_empty_file_is_refused(tmp_path, text):
+    path = write(tmp_path, text)
+    msg = error_of(path)
+    assert msg == (f"{path}: the config file is empty; write the settings in it (start from "
+                   "configs/quickstart.yaml), or `{}` to train the built-in data with every default")
+    assert error_of(path, ["train.epochs=1"]) == msg  # overrides do not make it a config
+
+
+def test_an_explicit_empty_mapping_means_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "{}\n"))
+    assert cfg.to_dict() == Config(run_dir=cfg.run_dir).to_dict()
 
 
 # --- --set overrides --------------------------------------------------------------------------------
@@ -393,7 +402,7 @@ def test_batch_splits_cannot_exceed_the_batch(tmp_path):
 
 
 def test_compute_dtype_names_the_choices(tmp_path):
-    path = write(tmp_path, "")
+    path = write(tmp_path, "{}")
     assert load_config(path, ["model.compute_dtype=bfloat16"]).model.compute_dtype == "bfloat16"
     assert load_config(path, ["model.compute_dtype=auto"]).model.compute_dtype == "auto"
     assert load_config(path).model.compute_dtype == "float32"

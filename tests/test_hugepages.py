@@ -3,6 +3,7 @@ restarted process really gets huge pages (on a machine that has them)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -108,13 +109,17 @@ def test_no_restart_when_the_command_cannot_be_replayed(monkeypatch, orig_argv, 
     assert calls == []
 
 
-def test_a_failed_exec_carries_on_without_huge_pages(monkeypatch):
+def test_a_failed_exec_carries_on_without_huge_pages_and_says_why(monkeypatch, caplog):
     _machine_with_thp(monkeypatch, ["python", "-m", "recall", "train", "c.yaml"], ["m.py", "train", "c.yaml"])
 
     def refuse(*_):
-        raise PermissionError("exec refused")
+        raise PermissionError(13, "Permission denied")
 
-    hugepages.restart_with_huge_pages(refuse)  # returns: training goes on
+    with caplog.at_level(logging.WARNING, logger="recall.hugepages"):
+        hugepages.restart_with_huge_pages(refuse)  # returns: training goes on
+    assert [r.getMessage() for r in caplog.records] == [
+        f"huge pages: could not restart {sys.executable} with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+        "(Permission denied); training continues without huge pages (set RECALL_HUGE_PAGES=0 to skip the restart)"]
 
 
 def test_only_a_train_process_of_its_own_restarts(monkeypatch, tmp_path):

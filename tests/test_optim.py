@@ -223,10 +223,10 @@ def test_towers_give_row_gradients_for_every_table():
     with tf.GradientTape() as tape:
         loss = loss_fn(features, tf.constant([9, 10], tf.int64))
     grads = dict(zip([v.path for v in variables], tape.gradient(loss, variables)))
-    tables = ["user/history_embeddings", "items/embeddings", "items/bias"]
-    assert len(tables) == 3, tables  # history table, item table, item bias
-    for path in tables:
-        assert isinstance(grads[path], tf.IndexedSlices), path
+    # Exactly the history table, the item table and the item bias get row gradients; the MLP's are dense.
+    row_wise = sorted(path for path, grad in grads.items() if isinstance(grad, tf.IndexedSlices))
+    assert row_wise == ["items/bias", "items/embeddings", "user/history_embeddings"], row_wise
+    assert all(isinstance(grads[path], tf.Tensor) for path in grads if path not in row_wise)
 
 
 def test_ids_distinct_by_construction_skip_unique_and_give_the_same_update():

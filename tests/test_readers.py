@@ -165,6 +165,24 @@ def test_duplicate_rows_are_dropped_with_a_warning(tmp_path, caplog):
     assert "dropped 3 duplicate rows" in caplog.text
 
 
+def test_latin1_csv_is_read_with_a_warning_naming_the_file(tmp_path, caplog):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("user_id,item_id,timestamp\nJosé,Café,1\nZoë,Thé,2\n".encode("latin-1"))
+    with caplog.at_level(logging.WARNING, logger="recall.data.readers"):
+        df = read_interactions(path)
+    assert df.user_id.tolist() == ["José", "Zoë"] and df.item_id.tolist() == ["Café", "Thé"]
+    warnings = [r.getMessage() for r in caplog.records if "latin-1" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}: not UTF-8, read as latin-1"), warnings
+
+
+def test_utf8_csv_reads_quietly(tmp_path, caplog):
+    path = tmp_path / "utf8.csv"
+    path.write_text("user_id,item_id,timestamp\nJosé,Café,1\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="recall.data.readers"):
+        assert read_interactions(path).item_id.tolist() == ["Café"]
+    assert caplog.records == []
+
+
 def test_same_item_at_another_time_is_not_a_duplicate(tmp_path):
     df = pd.concat([frame(), frame().iloc[[0]].assign(timestamp=2000)])
     df.to_parquet(tmp_path / "r.parquet")

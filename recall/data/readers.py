@@ -274,16 +274,21 @@ def _load(file: Path, kind: str, sep: str | None, usecols: list[str], dat_names:
                 data = f.read().replace(b"::", b"\x1f")
             return pd.read_csv(io.BytesIO(data), sep="\x1f", header=None, names=dat_names,
                                usecols=usecols, dtype=dtype, encoding="latin-1")
-        return _read_csv(file, sep, usecols=usecols, dtype=dtype)
+        return _read_csv(file, sep, usecols=usecols, dtype=dtype, say_encoding=True)
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
         raise _unreadable(file, kind, e, fix) from None
 
 
-def _read_csv(file: Path, sep: str | None, **kwargs) -> pd.DataFrame:
+def _read_csv(file: Path, sep: str | None, say_encoding: bool = False, **kwargs) -> pd.DataFrame:
+    """pd.read_csv as UTF-8, or as latin-1 when the file is not UTF-8 (said once per file, by the
+    read that loads the rows: `say_encoding`; the header read before it stays quiet)."""
     engine = "c" if sep and len(sep) == 1 else "python"
     try:
         return pd.read_csv(file, sep=sep, engine=engine, **kwargs)
     except UnicodeDecodeError:  # MovieLens and many old exports are latin-1
+        if say_encoding:
+            log.warning("%s: not UTF-8, read as latin-1 (every byte is a character there, so text ids may "
+                        "come out garbled if it is another encoding); save the file as UTF-8 to be sure", file)
         return pd.read_csv(file, sep=sep, engine=engine, encoding="latin-1", **kwargs)
 
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     """Train `user`/`items` in place; leaves the best-validation weights in them. Returns a summary."""
     from recall.model.towers import _backing
+    from recall.pipeline import best_metric
 
     tc, lc = cfg.train, cfg.loss
     if tc.deterministic:
@@ -120,8 +121,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
 
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     es = tc.early_stopping
-    # Without early stopping, "best" still needs a metric that is computed: HR at the largest K ≤ 50.
-    metric = es.metric if es else f"hr@{max([k for k in cfg.eval.ks if k <= 50] or [min(cfg.eval.ks)])}"
+    metric = best_metric(cfg)  # without early stopping, "best" still needs a metric that is computed
     # A run that already stopped early stays stopped when `recall train` is called on it again.
     stopped_early = bool(es) and int(state["bad_epochs"]) >= es.patience
     every = tc.checkpoint_every_steps
