@@ -195,7 +195,7 @@ def main() -> None:
            "epoch_examples_per_sec": [round(r, 1) for r in rates],
            "rate_of": "median of epochs 2.." if len(rates) > 1 else "epoch 1 (includes tracing)",
            "examples": n, "items": len(s["vocab"]), "split_vs_reference": split_check,
-           "versions": {p: md.version(p) for p in ("tensorflow-cpu", "tf-keras", "tensorflow-recommenders")
+           "versions": {p: md.version(p) for p in ("tensorflow", "tensorflow-cpu", "tf-keras", "tensorflow-recommenders")
                         if _installed(p)},
            "model": f"mean-pooled history {HISTORY} → Dense {HIDDEN} ReLU → {DIM} | item embedding {DIM}; "
                     f"in-batch softmax + log Q + accidental hits removed; Adagrad {args.lr}",
