@@ -61,8 +61,10 @@ def prepare_data(cfg: Config) -> Data:
     if uf is not None:  # no columns listed = every column but the key
         from recall.data.readers import read_user_features
 
-        table = read_user_features(uf.path, key=uf.key, columns=uf.columns, prefix=uf.prefix)
-        features = encode_user_features(table, split.user_ids, source=uf.path)
+        # Raw values: the prefix is applied in encode_user_features, which keeps both forms (the
+        # export replays the raw ones through the served tower, which applies the prefix itself).
+        table = read_user_features(uf.path, key=uf.key, columns=uf.columns)
+        features = encode_user_features(table, split.user_ids, source=uf.path, prefix=uf.prefix)
     else:
         features = empty_features(split.num_users)
     m = cfg.model.max_history
