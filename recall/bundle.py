@@ -3,7 +3,7 @@
     export/
       manifest.json      format version, dims, metric, normalisation, bias folding, counts, factory,
                          config hash, package versions, serving signatures, the user-feature
-                         transformations, sha256 of every file
+                         transformations, the export parity figures, sha256 of every file
       items.faiss        the item index; searching it with the user tower's output gives training logits
       item_ids.npy       row → raw item id
       item_vectors.npy   the indexed matrix [N, d] (bias folded in as the last column when present)
@@ -12,9 +12,12 @@
                          "unknown_features"]}` and, with user features, `feature_codes(user_features)`
 
 The tower takes raw item ids and raw user-feature values: every transformation training applied
-(prefix, vocabulary, unknown → code 0) happens inside it.
+(prefix, vocabulary, unknown → code 0) happens inside it. Before the bundle is published, the test
+queries are replayed through it as a client would send them (recall/evaluation/parity.py); a bundle
+whose served metrics differ from the offline ones by more than the tolerance is refused.
 
-The bundle is written into a temporary sibling folder, manifest last, then swapped into place.
+The bundle is written into a temporary sibling folder, manifest last, then swapped into place; a
+refused bundle is deleted and the previous one (if any) stays as it was.
 """
 
 from __future__ import annotations
@@ -145,8 +148,19 @@ def _versions() -> dict:
             "faiss": faiss.__version__, "numpy": np.__version__}
 
 
-def export_bundle(cfg, data, user_tower, item_tower, out_dir: str | Path) -> Path:
-    """Write the bundle for trained towers to `out_dir`, atomically (temp folder, manifest last, swap)."""
+def export_bundle(cfg, data, user_tower, item_tower, out_dir: str | Path,
+                  tolerance: float | None = None) -> dict:
+    """Write the bundle for trained towers to `out_dir`, atomically, once it passes the parity check.
+
+    The bundle is built in a temporary sibling folder, loaded back as a client loads it, and the test
+    queries are replayed through it (recall/evaluation/parity.py); only when the served HR@K/NDCG@K
+    match the offline ones within `tolerance` (default parity.default_tolerance(Q)) and the served feature
+    codes equal the trained ones is it swapped into place. Returns the parity figures (also in
+    manifest.json as "export_parity"); raises ParityError (a RecallError carrying them) otherwise,
+    leaving `out_dir` as it was.
+    """
+    from recall.evaluation.parity import check_bundle
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -202,11 +216,15 @@ def export_bundle(cfg, data, user_tower, item_tower, out_dir: str | Path) -> Pat
             "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
         }
         write_json(tmp / MANIFEST, manifest)  # last: a bundle without a manifest is incomplete
+        # The replay reads the bundle back from disk (manifest, hashes, index, SavedModel) as serving does.
+        parity = check_bundle(tmp, user_tower, index, data, cfg.eval.ks, with_bias,
+                              batch_size=cfg.eval.batch_size, tolerance=tolerance, where=out_dir)
+        write_json(tmp / MANIFEST, {**manifest, "export_parity": parity})
         _swap_in(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return parity
 
 
 def _swap_in(new: Path, target: Path) -> None:
