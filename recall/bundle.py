@@ -70,10 +70,11 @@ class ServingTower(tf.Module):
         keys = tf.constant(item_ids.astype(str) if self.string_ids else item_ids.astype(np.int64), key_dtype)
         self.item_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(item_ids), dtype=tf.int64)), default_value=-1)
-        self.feature_tables = [
+        self.feature_tables = [  # None: a feature no training user had a value for (every value is unknown)
             tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(tf.constant(np.asarray(v).astype(str).reshape(-1), tf.string),
                                                     tf.range(1, len(v) + 1, dtype=tf.int64)), default_value=0)
+            if len(v) else None
             for v in feature_vocabs
         ]
         history_spec = tf.TensorSpec([None, None], key_dtype, name="history")
@@ -107,7 +108,7 @@ class ServingTower(tf.Module):
             raw = user_features[:, i]
             # UTF8_CHAR: the first n characters, as Python's value[:n] in training (not n bytes).
             key = raw if n is None else tf.strings.substr(raw, 0, n, unit="UTF8_CHAR")
-            code = table.lookup(key)
+            code = table.lookup(key) if table is not None else tf.zeros(tf.shape(key), tf.int64)
             codes.append(code)
             unknown.append(tf.logical_and(tf.equal(code, 0), tf.not_equal(raw, "")))
         return tf.cast(tf.stack(codes, axis=1), tf.int32), tf.cast(tf.stack(unknown, axis=1), tf.int32)

@@ -202,3 +202,16 @@ def test_prefix_at_encoding_equals_prefix_at_reading(tmp_path):
     assert new.raw[:, 2].tolist() == ["02139", "55117-1234", "", "02460", "70072"]
     with pytest.raises(RecallError, match=r"data\.user_features\.prefix\.zip: 'zip' is not one of the feature"):
         encode_user_features(read_user_features(tmp_path / "u.parquet"), ids, prefix={"zip": 2})
+
+
+def test_a_feature_no_training_user_has_is_served_as_unknown():
+    """An all-missing column has an empty vocabulary: every value is unknown (code 0), in Python and in the tower."""
+    table = pd.DataFrame({"job": ["", None], "zip": ["48067", "55117"]}, index=pd.Index([1, 2], name="user_id"))
+    feats = encode_user_features(table, np.array([1, 2]), prefix={"zip": 2})
+    assert feats.sizes == [0, 2] and feats.codes.tolist() == [[0, 1], [0, 2]]
+    tower = ServingTower(None, np.arange(3), feats.vocabs, 4, False, prefixes=feats.prefixes)
+    values = [["nurse", "55999"], ["", "99"]]
+    codes, unknown = tower._codes(tf.constant(values))
+    py_codes, py_unknown = feats.lookup({"job": np.array([v[0] for v in values]), "zip": np.array([v[1] for v in values])})
+    assert codes.numpy().tolist() == py_codes.tolist() == [[0, 2], [0, 0]]
+    assert unknown.numpy().astype(bool).tolist() == py_unknown.tolist() == [[True, False], [False, True]]
