@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("export_dir")
     q.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
     q.add_argument("-k", type=int, default=10)
-    q.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE", help="a user feature value")
+    q.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE",
+                   help="a raw user feature value, e.g. zip_code=48067 (every feature of the model; NAME= = unknown)")
     q.add_argument("--include-seen", action="store_true", help="do not remove the history items")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -138,21 +139,9 @@ def _cmd_query(args) -> int:
         shown = ", ".join(unknown[:10]) + (f", … ({len(unknown)} in all)" if len(unknown) > 10 else "")
         print(f"note: ignored {len(unknown)} history item id(s) unknown to the model: {shown}", file=sys.stderr)
         history = [h for h, r in zip(history, rows, strict=True) if r >= 0]
-    features = None
-    if args.feature:
-        given = {}
-        for f in args.feature:
-            if "=" not in f:
-                raise RecallError(f"--feature {f!r}: expected NAME=VALUE, e.g. --feature gender=F")
-            name, value = f.split("=", 1)
-            given[name] = value
-        names = rec.manifest["user_features"]
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise RecallError(f"--feature {unknown[0]}: not a feature of this model; it has {names or 'none'}")
-        features = [[given.get(n, "") for n in names]]
+    features = _query_features(rec, args.feature)
     ids, scores = rec.recommend([history], k=args.k, exclude_seen=not args.include_seen,
-                                user_features=features, return_scores=True)
+                                features=features, return_scores=True)
     if args.json:
         print(json.dumps({"items": ids[0], "scores": scores[0]}))
     else:
@@ -175,6 +164,38 @@ def _cmd_similar(args) -> int:
         for r, (i, s) in enumerate(zip(ids[0], scores[0], strict=True), 1):
             print(f"{r:>4}  {i!s:>10}  {s:.4f}")
     return 0
+
+
+def _query_features(rec, given_args: list[str]) -> dict | None:
+    """--feature NAME=VALUE (raw values, e.g. zip_code=48067) → {name: value} for every feature of the model.
+
+    A feature the model has but the command does not give is an error naming it (`--feature NAME=`
+    serves it as unknown, explicitly); values the model does not know are said on stderr and served
+    as unknown, as unknown history ids are.
+    """
+    names = rec.feature_names
+    given = {}
+    for f in given_args:
+        if "=" not in f:
+            raise RecallError(f"--feature {f!r}: expected NAME=VALUE, e.g. --feature gender=F")
+        name, value = f.split("=", 1)
+        given[name] = value
+    extra = sorted(set(given) - set(names))
+    if extra:
+        raise RecallError(f"--feature {extra[0]}: not a feature of this model; it has {names or 'none'}")
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise RecallError(f"--feature {missing[0]}: missing; this model needs raw values for {', '.join(names)} "
+                          f"(e.g. --feature {missing[0]}=VALUE, or --feature {missing[0]}= for unknown)")
+    if not names:
+        return None
+    _, unknown = rec.feature_codes(given)
+    if unknown.any():  # served as unknown either way; sending "" keeps recommend() from logging them twice
+        shown = rec.unknown_values(given, unknown)
+        print(f"note: served {len(shown)} user feature value(s) unknown to the model as 'unknown': "
+              f"{', '.join(shown)}", file=sys.stderr)
+        given = {n: ("" if unknown[0, i] else given[n]) for i, n in enumerate(names)}
+    return given
 
 
 def _cmd_data(args) -> int:

@@ -61,8 +61,10 @@ def prepare_data(cfg: Config) -> Data:
     if uf is not None:  # no columns listed = every column but the key
         from recall.data.readers import read_user_features
 
-        table = read_user_features(uf.path, key=uf.key, columns=uf.columns, prefix=uf.prefix)
-        features = encode_user_features(table, split.user_ids, source=uf.path)
+        # Raw values: the prefix is applied in encode_user_features, which keeps both forms (the
+        # export replays the raw ones through the served tower, which applies the prefix itself).
+        table = read_user_features(uf.path, key=uf.key, columns=uf.columns)
+        features = encode_user_features(table, split.user_ids, source=uf.path, prefix=uf.prefix)
     else:
         features = empty_features(split.num_users)
     m = cfg.model.max_history
@@ -273,6 +275,7 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     log.info("data: %d users, %d items, %d train interactions, %d examples",
              s.num_users, s.num_items, int(s.train_indptr[-1]), len(data.examples))
     from recall.bundle import export_bundle
+    from recall.evaluation.parity import ParityError
     from recall.report import write_report
 
     with run_dir_lock(run_dir):
@@ -281,10 +284,15 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
         user, items = build_model(cfg, s.num_items, data.features.sizes)
         summary = fit(cfg, data, user, items, run_dir)
         metrics = _final_metrics(cfg, data, user, items, summary)
-        write_json(run_dir / "metrics.json", metrics)
-        _log_final_scalars(run_dir, metrics)
-        write_report(run_dir, metrics)
-        export_bundle(cfg, data, user, items, run_dir / "export")
+        try:
+            metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
+        except ParityError as refused:  # the figures still go to metrics.json, then the run fails (exit 2)
+            metrics["export_parity"] = refused.parity
+            raise
+        finally:
+            write_json(run_dir / "metrics.json", metrics)
+            _log_final_scalars(run_dir, metrics)
+            write_report(run_dir, metrics)
     return metrics
 
 
@@ -384,6 +392,8 @@ def evaluate(run_dir: str | Path, factory: str | None = None) -> dict:
     path = Path(run_dir) / "metrics.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     metrics = _final_metrics(cfg, data, user, items, previous.get("train", {}))
+    if "export_parity" in previous:  # describes the bundle, which evaluating does not change
+        metrics["export_parity"] = previous["export_parity"]
     write_json(path, metrics)
     _log_final_scalars(Path(run_dir), metrics)
     write_report(run_dir, metrics)
@@ -391,10 +401,33 @@ def evaluate(run_dir: str | Path, factory: str | None = None) -> dict:
 
 
 def export(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write the export bundle of a trained run (default `run_dir/export`)."""
+    """Write the export bundle of a trained run (default `run_dir/export`), once it passes the parity check.
+
+    The parity figures go into the bundle's manifest.json and into the run's metrics.json
+    ("export_parity", with the bundle's path), also when the bundle is refused (ParityError, exit 2).
+    """
     from recall.bundle import export_bundle
+    from recall.evaluation.parity import ParityError
 
     cfg, data, user, items = load_run(run_dir)
     out = Path(out_dir or Path(run_dir) / "export")
-    export_bundle(cfg, data, user, items, out)
+    try:
+        parity = export_bundle(cfg, data, user, items, out)
+    except ParityError as refused:
+        _record_parity(Path(run_dir), {**refused.parity, "bundle": str(out)})
+        raise
+    _record_parity(Path(run_dir), {**parity, "bundle": str(out)})
     return out
+
+
+def _record_parity(run_dir: Path, parity: dict) -> None:
+    """Put an export's parity figures into the run's metrics.json (when it has one), atomically."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: not valid JSON; the export parity figures are only in the bundle's manifest.json", path)
+        return
+    write_json(path, {**metrics, "export_parity": parity})

@@ -144,7 +144,7 @@ def test_manifest_lists_sha256_of_every_file(run):
     assert {"items.faiss", "item_ids.npy", "item_vectors.npy", "user_tower/saved_model.pb"} <= on_disk
     for name, digest in manifest["files"].items():
         assert sha256_file(export / name) == digest, name
-    assert manifest["format_version"] == 1 and manifest["bias_folded"] is True
+    assert manifest["format_version"] == 2 and manifest["bias_folded"] is True
     assert manifest["index_dim"] == manifest["dim"] + 1 == 17 and manifest["num_items"] == 100
 
 

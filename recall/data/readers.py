@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recall.data.features import apply_prefix, check_prefix
 from recall.errors import RecallError
 from recall.io import atomic_path
 
@@ -127,7 +128,9 @@ def read_user_features(
 
     `path` is a Parquet or CSV file, a MovieLens users.dat, or a folder holding users.{parquet,csv,dat}.
     `columns` lists the features to keep (None or empty: every column but the key); `prefix` keeps
-    the first n characters of a column, e.g. {"zip_code": 2}.
+    the first n characters of a column, e.g. {"zip_code": 2}. Training reads the raw values (no
+    prefix here) and passes the prefix to `features.encode_user_features`, which keeps both forms:
+    the export replays the raw ones through the served tower, which applies the prefix itself.
     """
     file = _resolve(path, ("users.parquet", "users.csv", "users.dat"), "data.user_features.path")
     kind = _kind(file, "auto", _USERS_FIX)
@@ -145,11 +148,7 @@ def read_user_features(
             raise RecallError(
                 f"{file}: no column {c!r} (columns found: {_list(found)}); fix data.user_features.columns"
             )
-    for c, n in (prefix or {}).items():
-        if c not in wanted:
-            raise RecallError(f"data.user_features.prefix.{c}: {c!r} is not one of the feature columns {wanted}")
-        if n < 1:
-            raise RecallError(f"data.user_features.prefix.{c}: must be at least 1 (got {n})")
+    check_prefix(prefix, wanted)
     raw = _load(file, kind, sep, list(dict.fromkeys([key, *wanted])), _USERS_DAT, _USERS_FIX, as_text=True)
     if raw.empty:
         raise RecallError(f"{file}: no users (the file has no data rows); point data.user_features.path at a non-empty file")
@@ -163,7 +162,7 @@ def read_user_features(
     out = {}
     for c in wanted:
         text = _as_text(raw[c])
-        out[c] = text.str.slice(0, prefix[c]) if prefix and c in prefix else text
+        out[c] = pd.Series(apply_prefix(text.to_numpy(), prefix[c]), index=text.index) if prefix and c in prefix else text
     return pd.DataFrame(out, index=raw.index).set_axis(pd.Index(ids.to_numpy(), name="user_id"))
 
 
