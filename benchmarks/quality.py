@@ -2,7 +2,8 @@
 the peers' published table.
 
     python benchmarks/quality.py                       # configs/ml-1m.yaml, sampled + full softmax
-    python benchmarks/quality.py --skip-full --set model.attention=true --name attention
+    python benchmarks/quality.py --skip-full --set "model.history=[{kind: attention}]" --name attention
+    python benchmarks/quality.py --skip-full --modes positions,sequences   # both batching modes, side by side
 
 Needs ../shared/data/ml-1m (or --set data.path=... / data.user_features.path=...). Writes
 benchmarks/quality.json (atomically) with every row it ran.
@@ -57,6 +58,8 @@ def main() -> int:
     ap.add_argument("--name", default="recall (configs/ml-1m.yaml)")
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench-quality"))
     ap.add_argument("--skip-full", action="store_true", help="don't train the full-softmax twin")
+    ap.add_argument("--modes", help="train.batching values to run the config in, side by side, e.g. "
+                    "positions,sequences (default: the config's own)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "quality.json"))
     args = ap.parse_args()
 
@@ -64,31 +67,33 @@ def main() -> int:
     if not data.exists() and not any(o.startswith("data.path=") for o in args.overrides):
         print(f"skipped: {data} not found; pass --set data.path=... and data.user_features.path=...")
         return 0
-    slug = "".join(c if c.isalnum() else "-" for c in args.name.lower()).strip("-")[:60]
     work = Path(args.work_dir)
     import shutil
 
     rows = {}
-    variants = [(args.name, args.overrides)]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else [None]
+    variants = [(args.name if m is None else f"{args.name}, {m}",
+                 args.overrides if m is None else [*args.overrides, f"train.batching={m}"]) for m in modes]
+    main_name = variants[0][0]
     if not args.skip_full:
-        variants.append((f"{args.name}, full softmax", [*args.overrides, "loss.kind=full_softmax"]))
-    for i, (name, overrides) in enumerate(variants):
-        run_dir = work / f"{slug}{'-full' if i else ''}"
+        variants.append((f"{main_name}, full softmax", [*variants[0][1], "loss.kind=full_softmax"]))
+    for name, overrides in variants:
+        run_dir = work / "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:80]
         shutil.rmtree(run_dir, ignore_errors=True)  # equal effort: every row trains from scratch
         rows[name] = run(Path(args.config), overrides, run_dir)
 
     print()
-    print(f"{'system':<52} {'HR@10':>7} {'HR@50':>7} {'HR@200':>7} {'NDCG@10':>8}  epochs  seconds  ex/s")
+    print(f"{'system':<52} {'HR@10':>7} {'HR@50':>7} {'HR@200':>7} {'NDCG@10':>8}  epochs  train s   wall s  ex/s")
     for name, h10, h50, h200, n10 in PEERS:
         print(f"{name:<52} {h10:>7.3f} {h50:>7.3f} {h200:>7.3f} {n10:>8.3f}")
     for name, r in rows.items():
         print(f"{name:<52} {r['hr@10']:>7.3f} {r['hr@50']:>7.3f} {r['hr@200']:>7.3f} {r['ndcg@10']:>8.3f}"
-              f"  {r['epochs']:>6}  {r['wall_seconds']:>7}  {r['examples_per_sec']:,.0f}")
-    main_row = rows[args.name]
+              f"  {r['epochs']:>6}  {r['train_seconds']:>7}  {r['wall_seconds']:>7}  {r['examples_per_sec']:,.0f}")
+    main_row = rows[main_name]
     met = all(main_row[k] >= v for k, v in TARGET.items())
     print(f"\ntarget HR@50 ≥ {TARGET['hr@50']} and HR@10 ≥ {TARGET['hr@10']}: {'met' if met else 'NOT met'}")
     if not args.skip_full:
-        full = rows[f"{args.name}, full softmax"]
+        full = rows[f"{main_name}, full softmax"]
         gap = (full["hr@50"] - main_row["hr@50"]) / full["hr@50"]
         print(f"sampled vs full softmax HR@50: {main_row['hr@50']:.4f} vs {full['hr@50']:.4f} "
               f"({gap:+.1%} relative gap; target within 2%)")

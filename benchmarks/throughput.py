@@ -69,7 +69,7 @@ SECTIONS = ("ml1m", "scaling", "input", "eval")
 ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
 # The DeepMatch YoutubeDNN shape from the speed issue, as overrides of configs/ml-1m.yaml.
 DEEPMATCH = ["model.dim=32", "model.hidden=[64]", "loss.num_sampled=255", "loss.sampler=log_uniform",
-             "model.max_history=50", "model.recent=0", "model.gru=0", "model.tie_embeddings=false",
+             "model.max_history=50", "model.history=[{kind: mean}]", "model.tie_embeddings=false",
              "model.dropout=0", "train.lr_schedule=constant", "data.user_features=null",
              "train.intra_op_threads=1", "train.batch_splits=2"]  # two halves side by side: 183–200k → 215–238k ex/s by hand (RESULTS.md)
 
@@ -173,22 +173,33 @@ def ml1m_rate(config: Path, overrides: list[str], optimizer: str, batch: int | N
     rates = [e["examples_per_sec"] for e in epochs_done]
     steady = statistics.median(rates[1:] if len(rates) > 1 else rates)
     tc = cfg.train
-    step_ms = 1000 * tc.batch_size / steady
     from recall.pipeline import prepare_data
-    from recall.training.inputs import ExampleBatcher, epoch_order
+    from recall.training.inputs import ExampleBatcher, SequenceBatcher, epoch_order
 
     data = prepare_data(cfg)
-    batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
-    input_ms = gather_ms_per_batch(batcher, epoch_order(len(data.examples), cfg.seed, 0), tc.batch_size,
-                                   tc.steps_per_execution)
+    if tc.batching == "sequences":  # a batch is batch_size / sequence_length chunks (some partly empty)
+        from recall.data.sequences import make_chunks
+
+        chunks = make_chunks(data.examples, tc.sequence_length)
+        units, per_batch = len(chunks), tc.batch_size // tc.sequence_length
+        batcher = SequenceBatcher(data.split.train_items, data.split.train_indptr, data.examples, chunks,
+                                  data.features.codes, cfg.model.max_history, tc.sequence_length)
+    else:
+        units, per_batch = len(data.examples), tc.batch_size
+        batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
+    examples_per_step = len(data.examples) / -(-units // per_batch)
+    step_ms = 1000 * examples_per_step / steady
+    input_ms = gather_ms_per_batch(batcher, epoch_order(units, cfg.seed, 0), per_batch, tc.steps_per_execution)
     test = metrics["test"]["filtered"]
     return {"optimizer": optimizer, "batch_size": tc.batch_size, "steps_per_execution": tc.steps_per_execution,
+            "batching": tc.batching, "examples_per_step": round(examples_per_step, 1),
             "dim": cfg.model.dim, "hidden": cfg.model.hidden, "num_sampled": cfg.loss.num_sampled,
             "items": metrics["data"]["items"], "epochs": len(rates), "epoch_examples_per_sec": rates,
             "examples_per_sec": round(steady, 1), "ms_per_step": round(step_ms, 2),
             "input_ms_per_step": round(input_ms, 3), "input_share": round(input_ms / step_ms, 4),
             "train_seconds": metrics["train"]["seconds"], "wall_seconds": round(wall, 1),
-            "test_hr@10": test["hr@10"], "test_hr@50": test["hr@50"], "peak_rss": peak_rss_bytes()}
+            "test_hr@10": test["hr@10"], "test_hr@50": test["hr@50"], "test_hr@200": test["hr@200"],
+            "peak_rss": peak_rss_bytes()}
 
 
 def gather_ms_per_batch(batcher, order, batch: int, k: int) -> float:
@@ -200,8 +211,9 @@ def gather_ms_per_batch(batcher, order, batch: int, k: int) -> float:
     def gather_block(idx):
         total = tf.constant(0.0)
         for j in tf.range(tf.shape(idx)[0]):
-            features, labels = batcher(idx[j])
-            total += tf.reduce_sum(tf.cast(features["history"][:, -1], tf.float32)) + tf.cast(labels[0], tf.float32)
+            features, labels, _ = batcher(idx[j])
+            items = features["history"] if "history" in features else features["items"]
+            total += tf.reduce_sum(tf.cast(items[:, -1], tf.float32)) + tf.cast(tf.reshape(labels, [-1])[0], tf.float32)
         return total
 
     blocks = [tf.constant(order[i * k * batch:(i + 1) * k * batch].reshape(k, batch))
@@ -225,12 +237,14 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
     tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
 
     from recall.config import Config
-    from recall.pipeline import build_model, make_optimizer
+    from recall.pipeline import build_model
     from recall.training.samplers import make_sampler
+    from recall.training.schedule import make_optimizer
     from recall.training.step import make_loss_fn, make_train_block, trainable_variables
+    from recall.training.task import RetrievalTask
 
     tf.random.set_seed(seed)
-    cfg = Config.model_validate({"model": {"dim": dim, "hidden": hidden, "max_history": max_history, "recent": 0},
+    cfg = Config.model_validate({"model": {"dim": dim, "hidden": hidden, "max_history": max_history},
                                  "loss": {"kind": "sampled_softmax", "sampler": "log_uniform",
                                           "num_sampled": num_sampled},
                                  "train": {"optimizer": optimizer, "batch_size": batch}})
@@ -259,11 +273,12 @@ def scaling_worker(num_items: int, optimizer: str, batch: int, num_sampled: int,
 
     def batch_number(idx):  # stands in for ExampleBatcher: idx [1] picks one of the 4 synthetic batches
         b = idx[0]
-        return {"history": hist[b], "age": age[b], "user_features": tf.zeros([batch, 0], tf.int32)}, labels[b]
+        return ({"history": hist[b], "age": age[b], "user_features": tf.zeros([batch, 0], tf.int32)}, labels[b],
+                tf.ones([batch]))
 
     k = cfg.train.steps_per_execution  # steps per call, as the training loop runs them
-    block = make_train_block(batch_number, make_loss_fn(user, items, "sampled_softmax", sampler, True), variables,
-                             opt, seed)
+    block = make_train_block(batch_number, make_loss_fn(user, RetrievalTask(items, "sampled_softmax", sampler, True)),
+                             variables, opt, seed)
     idx = tf.constant(np.arange(k, dtype=np.int64)[:, None] % 4)
     times = []
     for i in range(warmup + steps):
@@ -407,6 +422,10 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
                     f"{r['examples_per_sec']:,.0f} ex/s ({r['ms_per_step']:.1f} ms/step; input "
                     f"{100 * r['input_share']:.1f}% of it); test HR@10/50 {r['test_hr@10']:.3f}/{r['test_hr@50']:.3f} "
                     f"after {r['epochs']} epochs", f"peak {gib(r['peak_rss'])}"))
+    r = results.get("tfrs")
+    if r:
+        out.append(("ml1m", r.get("system", "TFRS"), "failed: " + r["error"][:60] if "error" in r else
+                    f"{r['examples_per_sec']:,.0f} ex/s (batch {r.get('batch', 1024)}, same run)", ""))
     for r in results.get("scaling", []):
         case = f"{size_label(r['items'])} items, {r['optimizer']}"
         if "error" in r:
@@ -528,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1024, help="batch size of the DeepMatch shape (default 1024)")
     ap.add_argument("--optimizers", default="adam,lazy_adam", help="train.optimizer values to compare")
     ap.add_argument("--config", default=str(ROOT / "configs" / "ml-1m.yaml"))
+    ap.add_argument("--transformer-config", default=str(ROOT / "configs" / "ml-1m-transformer.yaml"))
+    ap.add_argument("--modes", default="positions,sequences", help="ml1m: train.batching modes per config")
+    ap.add_argument("--no-tfrs", action="store_true", help="ml1m: skip TFRS (benchmarks/peers/) in the same run")
     ap.add_argument("--fast-config", default=str(ROOT / "configs" / "ml-1m-fast.yaml"),
                     help="ml1m: the fast variant (minGRU, split batches), run after the shipped config")
     ap.add_argument("--data", default=str(ML1M / "ratings_pos4.parquet"), help="ML-1M positives (Parquet)")
@@ -627,8 +649,11 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
 
             cases = [("DeepMatch shape", args.config, DEEPMATCH, b) for b in settings["ml1m_batches"]]
-            cases.append(("shipped ml-1m.yaml", args.config, [], None))
-            cases.append(("ml-1m-fast.yaml", args.fast_config, [], None))
+            # Each config in both batching modes (train.batching), side by side.
+            for label, config in (("shipped ml-1m.yaml", args.config), ("ml-1m-fast.yaml", args.fast_config),
+                                  ("ml-1m-transformer.yaml", args.transformer_config)):
+                for mode in args.modes.split(","):
+                    cases.append((f"{label}, {mode}", config, [f"train.batching={mode}"], None))
             if args.float32:  # the configs' `compute_dtype: auto` is bfloat16 on CPUs with AVX512-BF16/AMX
                 f32 = ["model.compute_dtype=float32"]
                 cases.append(("shipped, float32", args.config, f32, None))
@@ -642,6 +667,14 @@ def main(argv: list[str] | None = None) -> int:
                                           "run_dir": str(Path(tmp) / f"run{i}-{opt}")}, args.timeout)
                         results["ml1m"].append({"name": name, "optimizer": opt, **row})
                         save()
+            if not args.no_tfrs:  # TensorFlow Recommenders in its own venv, in this same run
+                sys.path.insert(0, str(ROOT / "benchmarks"))
+                from peers.run_peer import tfrs_rate
+
+                print("ml1m: TFRS two-tower, batch 1024 ...", flush=True)
+                results["tfrs"] = tfrs_rate(data, epochs=settings["ml1m_epochs"], timeout=args.timeout) or {
+                    "error": "not run (see the warning above: bash benchmarks/peers/setup_tfrs.sh)"}
+                save()
 
     if "scaling" in only:
         # Step times differ from process to process by more than the effect measured (memory placement

@@ -279,7 +279,9 @@ def test_subprocess_query_without_manifest(tmp_path):
     assert_subprocess_error(proc, "manifest.json")
 
 
-@pytest.mark.parametrize("change", [("gru: 0", "gru: 2"), ("dim: 8", "dim: 6")], ids=["missing-weights", "shapes"])
+@pytest.mark.parametrize("change", [("  - kind: mean\n    window: null\n",
+                                     "  - kind: mean\n    window: null\n  - kind: gru\n    window: 2\n"),
+                                    ("dim: 8", "dim: 6")], ids=["missing-weights", "shapes"])
 def test_evaluate_a_checkpoint_that_does_not_fit(tmp_path, capsys, data, change):
     # A checkpoint written for another model (config.yaml edited since: a GRU the run never had, or
     # another width) must not load with freshly initialised weights in place of the missing ones.
