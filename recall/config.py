@@ -403,6 +403,13 @@ class Config(_Section):
         return hashlib.sha256(blob).hexdigest()
 
 
+def best_metric(cfg: Config) -> str:
+    """The validation metric "best" is measured by: the early-stopping metric, or without early
+    stopping HR at the largest K ≤ 50 in eval.ks (the smallest K when every K is larger)."""
+    es = cfg.train.early_stopping
+    return es.metric if es else f"hr@{max([k for k in cfg.eval.ks if k <= 50] or [min(cfg.eval.ks)])}"
+
+
 def _format_errors(err: ValidationError, origin: str) -> str:
     parts = []
     for e in err.errors():

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recall.config import Config, config_from_dict, dump_config
+from recall.config import Config, best_metric, config_from_dict, dump_config
 from recall.data.examples import Examples, Queries, make_examples, make_queries
 from recall.data.features import UserFeatures, empty_features, encode_user_features
 from recall.data.split import Split, leave_last_out
@@ -122,13 +122,6 @@ def build_model(cfg: Config, num_items: int, feature_sizes: list[int]):
     user({"history": tf.fill([1, mc.max_history], -1), "age": tf.zeros([1]),
           "user_features": tf.zeros([1, len(feature_sizes)], tf.int32)})
     return user, items
-
-
-def best_metric(cfg: Config) -> str:
-    """The validation metric "best" is measured by: the early-stopping metric, or without early
-    stopping HR at the largest K ≤ 50 in eval.ks (the smallest K when every K is larger)."""
-    es = cfg.train.early_stopping
-    return es.metric if es else f"hr@{max([k for k in cfg.eval.ks if k <= 50] or [min(cfg.eval.ks)])}"
 
 
 # What a resumed run may change: (dotted path, may change, why). A path stands for everything under

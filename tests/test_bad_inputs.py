@@ -249,6 +249,29 @@ def _(e: Env) -> Spec:
         ("model.history.0", "model.max_history")
 
 
+@case("sequence batching: a batch that is not whole chunks")
+def _(e: Env) -> Spec:
+    argv = e.train(e.file_config("ratings.csv"), "train.batching=sequences", "train.batch_size=10",
+                   "train.sequence_length=4")
+    return argv, ("train.batch_size (10)", "train.sequence_length (4)")
+
+
+@case("a replaced model key (model.gru)")
+def _(e: Env) -> Spec:
+    return e.train(e.file_config("ratings.csv"), "model.gru=20"), ("model.gru", "model.history", "kind: gru")
+
+
+@case("an unknown history encoder")
+def _(e: Env) -> Spec:
+    return e.train(e.file_config("ratings.csv"), "model.history=[{kind: lstm}]"), ("model.history.0", "'lstm'")
+
+
+@case("a weight column the file does not have")
+def _(e: Env) -> Spec:
+    return e.train(e.file_config("ratings.csv"), "data.columns.weight=watch_time"), \
+        ("ratings.csv", "'watch_time'", "data.columns.weight")
+
+
 @case("cross-field: in_batch keeping accidental hits")
 def _(e: Env) -> Spec:
     argv = e.train(e.file_config("ratings.csv"), "loss.sampler=in_batch", "loss.remove_accidental_hits=false")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from recall.config import Config, TrainConfig, dump_config, load_config
+from recall.config import Config, TrainConfig, best_metric, dump_config, load_config
 from recall.errors import RecallError
-from recall.pipeline import RESUME_RULES, _check_run_dir, best_metric, resume_rule
+from recall.pipeline import RESUME_RULES, _check_run_dir, resume_rule
 
 SEQUENCES = "batching" in TrainConfig.model_fields  # train.batching / sequence_length, where this recall has them
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from recall.config import Config
+from recall.config import Config, best_metric
 from recall.data.sequences import make_chunks
 from recall.evaluation.model_eval import evaluate_towers
 from recall.io import write_json
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     """Train `user`/`items` in place; leaves the best-validation weights in them. Returns a summary."""
     from recall.model.towers import _backing
-    from recall.pipeline import best_metric
 
     tc, lc = cfg.train, cfg.loss
     if tc.deterministic:
