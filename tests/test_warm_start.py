@@ -278,3 +278,30 @@ def test_what_may_change_is_allowed(parent, tmp_path):
     cfg = load_config(config, ["model.dropout=0.2", "model.temperature=0.5", "model.max_history=6"])
     no_features = UserFeatures(names=[], vocabs=[], codes=np.zeros((1, 0), np.int32))
     check_compatible(read_parent(parent_dir), cfg, np.array([1, 2]), no_features)
+
+
+def test_user_feature_values_follow_their_values_in_a_real_run(features_run, tmp_path):
+    """A warm start from the features fixture on part of its users (some feature values and items leave,
+    the rest get new codes and rows), with a cosine schedule: it trains, exports, and counts what moved."""
+    from tests.conftest import feature_config
+
+    parent_dir, _ = features_run
+    parent_cfg = config_from_dict(yaml.safe_load((parent_dir / "config.yaml").read_text()))
+    log = pd.read_parquet(parent_cfg.data.path)
+    later = log[(log["user_id"] > 150) & ~log["item_id"].isin([100, 101, 102])]  # 3 items leave the catalogue
+    later.to_parquet(tmp_path / "later.parquet")
+    cfg = feature_config(tmp_path / "later.parquet", Path(parent_cfg.data.user_features.path),
+                         "train.epochs=1", "train.lr_schedule=cosine")
+    cfg.warm_start = {"run_dir": str(parent_dir)}
+    import recall
+
+    metrics = recall.train(cfg, tmp_path / "child")
+    carried = metrics["lineage"]
+    assert carried["items"]["dropped"] >= 3 and carried["items"]["kept"] > 70
+    zips = carried["user_features"]["zip_code"]
+    assert zips == {"kept": 4, "new": 0, "dropped": 0}  # zip prefixes: the 4 regions, all seen before
+    assert sum(carried["user_features"]["occupation"].values()) >= 1
+    assert carried["optimizer_slots_carried"] and carried["optimizer_iterations"] > 0
+    manifest = json.loads((tmp_path / "child" / "export" / "manifest.json").read_text())
+    assert manifest["lineage"]["parent_run_dir"] == str(parent_dir) and manifest["num_items"] == 80 - \
+        carried["items"]["dropped"] + carried["items"]["new"]
