@@ -13,11 +13,11 @@ __version__ = "0.1.0"
 from recall.config import load_config  # noqa: E402  (light: no TensorFlow import)
 
 
-def train(cfg, run_dir=None):
-    """Train, evaluate and export; see `recall.pipeline.train`."""
+def train(cfg, run_dir=None, on_epoch=None):
+    """Train, evaluate and export; see `recall.pipeline.train` (`cfg.warm_start`: start from a parent run)."""
     from recall.pipeline import train as _train
 
-    return _train(cfg, run_dir)
+    return _train(cfg, run_dir, on_epoch=on_epoch)
 
 
 def evaluate(run_dir, factory=None):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from recall.data.vocabulary import FEATURES_FILE, storable_ids, write_vocabulary
 from recall.evaluation.model_eval import item_vectors
 from recall.index import build_index, save_index
 from recall.io import sha256_file, write_json, write_npy
@@ -38,7 +39,6 @@ from recall.io import sha256_file, write_json, write_npy
 FORMAT = "recall-export"
 FORMAT_VERSION = 2  # 2: user features are served raw (prefix + vocabulary inside the tower)
 MANIFEST = "manifest.json"
-FEATURES_FILE = "user_features.json"
 FEATURE_CODES = "feature_codes"  # the second signature of a tower with user features
 
 
@@ -139,6 +139,12 @@ def feature_transforms(features) -> list[dict]:
             for i, (name, vocab) in enumerate(zip(features.names, features.vocabs, strict=True))]
 
 
+def lineage(cfg) -> dict | None:
+    """The run a warm-started run began from: {"parent_run_dir", "parent_config_hash"}; None for a cold start."""
+    ws = getattr(cfg, "warm_start", None)
+    return None if ws is None else {"parent_run_dir": ws.run_dir, "parent_config_hash": ws.parent_config_hash}
+
+
 def _versions() -> dict:
     import faiss
     import keras
@@ -170,16 +176,10 @@ def export_bundle(cfg, data, user_tower, item_tower, out_dir: str | Path,
         ix = cfg.index
         index = build_index(vectors, ix.factory, nprobe=ix.nprobe, ef_search=ix.ef_search)
         save_index(index, tmp / "items.faiss")
-        item_ids = data.split.item_ids
-        if item_ids.dtype == object:
-            item_ids = item_ids.astype(str)
-        write_npy(tmp / "item_ids.npy", item_ids)
-        write_npy(tmp / "item_vectors.npy", vectors)
+        item_ids = storable_ids(data.split.item_ids)
         feats = data.features
-        if feats.names:
-            write_json(tmp / FEATURES_FILE, {"features": [
-                {"name": name, "prefix": feats.prefix(i), "vocabulary": [str(v) for v in vocab]}
-                for i, (name, vocab) in enumerate(zip(feats.names, feats.vocabs, strict=True))]})
+        write_vocabulary(tmp, item_ids, feats)  # item_ids.npy, user_features.json (with features)
+        write_npy(tmp / "item_vectors.npy", vectors)
         serving = ServingTower(user_tower, item_ids, feats.vocabs, cfg.model.max_history, with_bias,
                                prefixes=[feats.prefix(i) for i in range(len(feats.names))])
         tf.saved_model.save(serving, str(tmp / "user_tower"), signatures=serving.signatures())
@@ -213,6 +213,7 @@ def export_bundle(cfg, data, user_tower, item_tower, out_dir: str | Path,
                           "outputs": ["query"] + (["unknown_features"] if feats.names else []),
                           **({"feature_codes": FEATURE_CODES} if feats.names else {})},
             "config_hash": cfg.hash(),
+            "lineage": lineage(cfg),
             "versions": _versions(),
             "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
         }

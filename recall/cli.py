@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (repeatable), e.g. --set train.epochs=5")
     t.add_argument("--run-dir", help="where checkpoints, metrics and the export go (default runs/<config name>)")
+    t.add_argument("--warm-start", metavar="RUN_DIR",
+                   help="start a new run from an earlier run's weights, moved to this data's vocabulary (sets "
+                        "warm_start.run_dir; README 'Retraining on fresh data')")
 
     e = sub.add_parser("evaluate", help="re-evaluate a trained run directory (rewrites metrics.json, report.md)")
     e.add_argument("run_dir")
@@ -92,6 +95,10 @@ def _cmd_train(args) -> int:
     from recall.report import index_summary, metrics_table
 
     cfg = recall.load_config(args.config, args.overrides)
+    if args.warm_start:
+        from recall.config import WarmStartConfig
+
+        cfg.warm_start = WarmStartConfig(run_dir=args.warm_start)
     _import_tensorflow_quietly(args.verbose)
     run_dir = Path(args.run_dir or cfg.run_dir)
     metrics = recall.train(cfg, run_dir)

@@ -361,6 +361,22 @@ class IndexConfig(_Section):
     ef_search: int | None = Field(None, ge=1)
 
 
+class WarmStartConfig(_Section):
+    """Start a new run from an earlier run's weights (README "Retraining on fresh data"). A bare path
+    (`warm_start: runs/day-41`, or `recall train CONFIG --warm-start runs/day-41`) sets `run_dir`."""
+
+    run_dir: str = Field(description="the parent run directory: its best weights and its last checkpoint's "
+                         "optimizer slots and frequency estimate are carried, row by row, to the new vocabulary")
+    parent_config_hash: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="the parent's Config.hash(), recorded by the run when it "
+        "starts (lineage); when set, the parent's config.yaml must still have this hash")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, raw: Any) -> Any:
+        return {"run_dir": raw} if isinstance(raw, str) else raw
+
+
 class Config(_Section):
     """The whole run."""
 
@@ -372,6 +388,9 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     index: IndexConfig = IndexConfig()
+    warm_start: WarmStartConfig | None = Field(
+        None, description="the parent run this run starts from (weights, optimizer slots, frequency estimate, "
+        "moved to the new vocabulary's rows); null = a cold start")
 
     @model_validator(mode="after")
     def _early_stopping_metric_is_evaluated(self) -> Config:

@@ -165,6 +165,9 @@ RESUME_RULES: tuple[tuple[str, bool, str], ...] = (
     ("eval.index_recall_queries", FREE, "the final index-quality sample, not training"),
     ("index", FREE, "the final index (validation searches with it too: an approximate one measures a little "
      "lower)"),
+    ("warm_start", FIXED, "the parent the run's weights started from"),
+    ("warm_start.parent_config_hash", FREE, "recorded by the run when it starts; a resumed run keeps the recorded "
+     "one"),
 )
 def _chunk_length(cfg: Config) -> int | None:
     """train.sequence_length where it shapes the batches (batching: sequences), else None."""
@@ -212,12 +215,13 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check_run_dir(cfg: Config, run_dir: Path) -> None:
+def _check_run_dir(cfg: Config, run_dir: Path) -> Config | None:
     """A run directory belongs to one experiment: resuming it with a change RESUME_RULES refuses (one
-    that alters the examples, their order, the weights or what "best" means) is a RecallError."""
+    that alters the examples, their order, the weights or what "best" means) is a RecallError.
+    Returns the saved config (None for a new run directory)."""
     saved = run_dir / "config.yaml"
     if not saved.exists():
-        return
+        return None
     import yaml
 
     old = config_from_dict(yaml.safe_load(saved.read_text()), str(saved))
@@ -231,15 +235,35 @@ def _check_run_dir(cfg: Config, run_dir: Path) -> None:
         log.warning("%s: train.epochs %d → %d with lr_schedule cosine: the decay is re-planned over the new "
                     "total, so the learning rate jumps at the resumed step", run_dir, old.train.epochs,
                     cfg.train.epochs)
+    return old
 
 
-def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
-    """Train (resuming from the run directory's latest checkpoint), evaluate on test, export.
+def _with_parent_hash(cfg: Config, parent_hash: str | None) -> Config:
+    """`cfg` with warm_start.parent_config_hash set (the lineage config.yaml records)."""
+    ws = cfg.warm_start.model_copy(update={"parent_config_hash": parent_hash})
+    return cfg.model_copy(update={"warm_start": ws})
 
-    Returns the metrics dict that is also written to `run_dir/metrics.json`.
+
+def lineage(cfg: Config, run_dir: Path) -> dict | None:
+    """The run's parent (run dir, config hash) and what the warm start carried (lineage.json); None when cold."""
+    if cfg.warm_start is None:
+        return None
+    path = run_dir / "lineage.json"
+    carried = json.loads(path.read_text()) if path.is_file() else {}
+    return {**carried, "parent_run_dir": cfg.warm_start.run_dir,
+            "parent_config_hash": cfg.warm_start.parent_config_hash}
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict:
+    """Train (resuming from the run directory's latest checkpoint, or warm-starting from
+    `cfg.warm_start`'s run on a new one), evaluate on test, export.
+
+    Returns the metrics dict that is also written to `run_dir/metrics.json`. `on_epoch`: see loop.fit.
     """
     run_dir = Path(run_dir or cfg.run_dir or "runs/default")
-    _check_run_dir(cfg, run_dir)
+    saved = _check_run_dir(cfg, run_dir)
+    if cfg.warm_start is not None and saved is not None and saved.warm_start is not None:
+        cfg = _with_parent_hash(cfg, saved.warm_start.parent_config_hash)  # a resume keeps the recorded lineage
     if cfg.model.compute_dtype == "auto":
         # Decided once, on the training machine, and written to the run's config.yaml: evaluate and
         # export elsewhere compute as training did.
@@ -263,20 +287,35 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict:
     ix = cfg.index
     check_index_config(s.num_items, cfg.model.dim + int(cfg.model.item_bias), ix.factory, ix.nprobe, ix.ef_search)
     # TensorFlow is imported only once the inputs are known to be good.
+    import tensorflow as tf
+
     from recall.training.loop import fit
+
+    _set_threads(cfg.train.intra_op_threads, cfg.train.inter_op_threads)  # before TF runs its first op
+    warm = None
+    if cfg.warm_start is not None and tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is None:
+        from recall.warm_start import prepare_warm_start, read_parent
+
+        # Before the new model is built (building re-seeds: its fresh rows are then a cold run's) and
+        # before anything is written: a refused parent leaves no run directory behind.
+        parent = read_parent(cfg.warm_start.run_dir, cfg.warm_start.parent_config_hash, own_dir=run_dir)
+        warm = prepare_warm_start(cfg, data, parent)
+        cfg = _with_parent_hash(cfg, parent.config_hash)
 
     log.info("data: %d users, %d items, %d train interactions, %d examples",
              s.num_users, s.num_items, int(s.train_indptr[-1]), len(data.examples))
     from recall.bundle import export_bundle
+    from recall.data.vocabulary import write_vocabulary
     from recall.evaluation.parity import ParityError
     from recall.report import write_report
 
     with run_dir_lock(run_dir):
         write_text(run_dir / "config.yaml", dump_config(cfg))
-        _set_threads(cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+        write_vocabulary(run_dir / "vocabulary", s.item_ids, data.features)  # what a warm start maps from
         user, items = build_model(cfg, s.num_items, data.features.sizes)
-        summary = fit(cfg, data, user, items, run_dir)
+        summary = fit(cfg, data, user, items, run_dir, warm=warm, on_epoch=on_epoch)
         metrics = _final_metrics(cfg, data, user, items, summary)
+        metrics["lineage"] = lineage(cfg, run_dir)
         try:
             metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
         except ParityError as refused:  # the figures still go to metrics.json, then the run fails (exit 2)
@@ -385,6 +424,7 @@ def evaluate(run_dir: str | Path, factory: str | None = None) -> dict:
     path = Path(run_dir) / "metrics.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     metrics = _final_metrics(cfg, data, user, items, previous.get("train", {}))
+    metrics["lineage"] = lineage(cfg, Path(run_dir))
     if "export_parity" in previous:  # describes the bundle, which evaluating does not change
         metrics["export_parity"] = previous["export_parity"]
     write_json(path, metrics)

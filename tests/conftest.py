@@ -44,7 +44,8 @@ def feature_config(log: Path, users_file: Path, *overrides: str):
     return recall.load_config(None, [
         "data.source=file", f"data.path={log}", f"data.user_features.path={users_file}",
         "data.user_features.columns=[gender,age,occupation,zip_code]", "data.user_features.prefix={zip_code: 2}",
-        "model.dim=16", "model.hidden=[32]", "model.max_history=10", "model.feature_dim=8", "model.history=[{kind: mean}, {kind: recent, window: 3}]",
+        "model.dim=16", "model.hidden=[32]", "model.max_history=10", "model.feature_dim=8",
+        "model.history=[{kind: mean}, {kind: recent, window: 3}]",
         "loss.num_sampled=20", "train.epochs=6", "train.batch_size=64", "train.learning_rate=0.01",
         "train.early_stopping=null", "eval.ks=[5,10,20]", "eval.batch_size=512", *overrides])
 

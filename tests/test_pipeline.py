@@ -41,6 +41,8 @@ REFUSED = [
     ((), "eval.query_age=last_event"),
     # Early stopping off: "best" is then HR at the largest K ≤ 50, so a new eval.ks can move it.
     (("train.early_stopping=null", "eval.ks=[10,20,50]"), "eval.ks=[10,20]"),
+    ((), "warm_start=runs/parent"),  # a cold run's directory cannot become a warm run's
+    (("warm_start.run_dir=runs/parent",), "warm_start.run_dir=runs/other"),
     *([((), "train.batching=sequences"),
        (("train.batching=sequences",), "train.sequence_length=128")] if SEQUENCES else []),
 ]
@@ -62,6 +64,8 @@ ALLOWED = [
     ((), "eval.index_recall_queries=100"),
     ((), "index.factory=HNSW32"),
     *([((), "train.sequence_length=128")] if SEQUENCES else []),  # not read with batching: positions
+    # The hash a warm run recorded when it started; the resumed command does not repeat it.
+    (("warm_start.run_dir=runs/parent",), "warm_start.parent_config_hash=" + "ab" * 32),
 ]
 
 

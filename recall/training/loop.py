@@ -36,8 +36,15 @@ from recall.training.task import RetrievalTask
 log = logging.getLogger(__name__)
 
 
-def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
-    """Train `user`/`items` in place; leaves the best-validation weights in them. Returns a summary."""
+def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None) -> dict:
+    """Train `user`/`items` in place; leaves the best-validation weights in them. Returns a summary.
+
+    `warm` (recall/warm_start.py WarmStart): on a fresh run directory, the parent's state is moved
+    into the towers, optimizer and sampler first, and those starting weights are validated as epoch 0
+    (they are the run's first "best"). A run directory with a checkpoint resumes from it instead.
+    `on_epoch(epoch, user, items, seconds)`: called after each validation (epoch 0 included) with the
+    run's training seconds so far (benchmarks/warm_start.py evaluates test there).
+    """
     from recall.model.towers import _backing
 
     tc, lc = cfg.train, cfg.loss
@@ -83,7 +90,10 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     n = len(unit_examples) if unit_examples is not None else len(data.examples)
     batches_per_epoch = math.ceil(n / per_batch)
     planned_steps = tc.epochs * batches_per_epoch
-    optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps)
+    # A warm start carries the parent optimizer's step counter; the schedule starts at this run's step 0.
+    step_offset = tf.Variable(0, dtype=tf.int64, name="warm_start_step") if cfg.warm_start is not None else None
+    optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps,
+                               step_offset=step_offset)
     optimizer.build(variables)
     task = RetrievalTask(items, lc.kind, sampler, lc.remove_accidental_hits)
     loss_fn = make_loss_fn(user, task, tc.batching, tc.batch_splits)
@@ -108,6 +118,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     seed_states = [_backing(v) for v in user.variables if "seed_generator" in v.path]
     if seed_states:
         extra["seed_states"] = seed_states
+    if step_offset is not None:
+        extra["warm_start_step"] = step_offset
     ckpt = tf.train.Checkpoint(user=user, items=items, optimizer=optimizer, **extra, **state)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"), max_to_keep=2)
     best_ckpt = tf.train.Checkpoint(user=user, items=items)
@@ -125,6 +137,27 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     es = tc.early_stopping
     metric = best_metric(cfg)  # without early stopping, "best" still needs a metric that is computed
+
+    def validate() -> dict:
+        return evaluate_towers(user, items, data.valid, data.features.codes, cfg.eval.ks, cfg.index.factory,
+                               cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size,
+                               cfg.eval.query_age)["filtered"]
+
+    if warm is not None and not manager.latest_checkpoint:
+        report = warm.apply(user, items, variables, optimizer, sampler)
+        step_offset.assign(int(optimizer.iterations.numpy()))
+        write_json(run_dir / "lineage.json", {"parent_run_dir": str(warm.parent.run_dir),
+                                              "parent_config_hash": warm.parent.config_hash, **report})
+        # Epoch 0: the carried model on the new validation queries — the score training has to beat.
+        valid = validate()
+        state["best"].assign(valid[metric])
+        best_manager.save(checkpoint_number=0)
+        history["epochs"].append({"epoch": 0, "step": 0, "loss": None, "train_seconds": 0.0,
+                                  **{f"valid_{k}": v for k, v in valid.items() if k != "count"}})
+        print(f"epoch 0 (warm start from {warm.parent.run_dir}): valid {metric} {valid[metric]:.4f}", flush=True)
+        if on_epoch is not None:
+            on_epoch(0, user, items, 0.0)
+        _save(manager, state, None, 0, history, history_path)  # a resume does not need the parent again
     # A run that already stopped early stays stopped when `recall train` is called on it again.
     stopped_early = bool(es) and int(state["bad_epochs"]) >= es.patience
     every = tc.checkpoint_every_steps
@@ -164,9 +197,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         _sync(state, step, done, running, loss_sum)
         epoch_seconds, epoch_examples = epoch_seconds + _account(state, t0, ex0), epoch_examples + ex0
         # --- validate, keep the best, maybe stop ----------------------------------------------
-        valid = evaluate_towers(user, items, data.valid, data.features.codes, cfg.eval.ks, cfg.index.factory,
-                                cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size,
-                                cfg.eval.query_age)["filtered"]
+        valid = validate()
         score = valid[metric]
         state["epoch"].assign_add(1)
         state["epoch_batches"].assign(0)
@@ -191,6 +222,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path) -> dict:
         if es and int(state["bad_epochs"]) >= es.patience:
             stopped_early = True
             print(f"early stopping: no {metric} improvement for {es.patience} epochs", flush=True)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, user, items, float(state["train_seconds"]))
         _save(manager, state, None, 0, history, history_path)
     writer.flush()
 

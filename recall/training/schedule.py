@@ -30,14 +30,37 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", tot
                                                   warmup_target=learning_rate, warmup_steps=warmup_steps)
 
 
+def shifted_schedule(schedule, offset):
+    """The schedule at (step − `offset`), `offset` an int64 tf.Variable.
+
+    A warm-started run carries the parent optimizer's step counter (Adam's bias correction assumes
+    moments of that age) but plans its own schedule from its own step 0; the offset is checkpointed
+    with the run, so a resumed warm run keeps it.
+    """
+    import keras
+    import tensorflow as tf
+
+    class Shifted(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return schedule(tf.cast(step, tf.int64) - offset)
+
+        def get_config(self):
+            return {"schedule": keras.optimizers.schedules.serialize(schedule)}
+
+    return Shifted()
+
+
 def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", total_steps: int = 0,
-                   warmup_steps: int = 0):
+                   warmup_steps: int = 0, step_offset=None):
     """Keras' adam/adagrad/sgd, or a row-wise optimiser for embedding tables (recall/training/optim.py).
 
     `schedule`/`total_steps`/`warmup_steps`: see `learning_rate_schedule`; the schedule reads the
-    optimizer's own step counter, which the training checkpoint holds.
+    optimizer's own step counter, which the training checkpoint holds, minus `step_offset` (an int64
+    tf.Variable, for a warm start: `shifted_schedule`) when given.
     """
     lr = learning_rate_schedule(learning_rate, schedule, total_steps, warmup_steps)
+    if step_offset is not None and callable(lr):
+        lr = shifted_schedule(lr, step_offset)
     if name in ("lazy_adam", "lazy_adagrad"):
         from recall.training.optim import LazyAdagrad, LazyAdam
 
