@@ -357,7 +357,7 @@ def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch
     """`train` as one worker of a MultiWorkerMirroredStrategy job (see `train`)."""
     import tempfile
 
-    from recall.distributed.cluster import make_strategy
+    from recall.distributed.cluster import make_strategy, peers_lost_as_error
     from recall.training.loop import Worker, fit
 
     strategy = make_strategy()  # before any TensorFlow op: it configures the collective runtime
@@ -370,7 +370,8 @@ def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch
         with tempfile.TemporaryDirectory(prefix=f"recall-worker{cluster.index}-") as scratch:
             with strategy.scope():
                 user, items = build_model(cfg, s.num_items, data.features.sizes)
-            summary = fit(cfg, data, user, items, Path(scratch), on_epoch=on_epoch, worker=worker)
+            with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
+                summary = fit(cfg, data, user, items, Path(scratch), on_epoch=on_epoch, worker=worker)
         return {"worker": cluster.index, "train": summary}
 
     from recall.bundle import export_bundle
@@ -383,7 +384,8 @@ def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch
         write_vocabulary(run_dir / "vocabulary", s.item_ids, data.features)
         with strategy.scope():
             user, items = build_model(cfg, s.num_items, data.features.sizes)
-        summary = fit(cfg, data, user, items, run_dir, on_epoch=on_epoch, worker=worker)
+        with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
+            summary = fit(cfg, data, user, items, run_dir, on_epoch=on_epoch, worker=worker)
         summary["workers"] = cluster.num_workers
         metrics = _final_metrics(cfg, data, user, items, summary)
         metrics["lineage"] = None

@@ -110,3 +110,71 @@ def test_two_workers_train_what_one_process_trains(tmp_path, sampler):
     assert abs(m1["test"]["filtered"]["hr@50"] - m2["test"]["filtered"]["hr@50"]) <= 0.002
     # Only the chief wrote the run directory; worker 1's output went to its log.
     assert (two / "export" / "manifest.json").is_file() and (two / "logs" / "worker-1.log").is_file()
+
+
+def _start_workers(tmp_path: Path, args: list[str], tag: str) -> list[tuple[subprocess.Popen, Path]]:
+    """Two `recall train` workers with loopback TF_CONFIGs, started here (so their pids are ours)."""
+    from recall.distributed.launcher import free_ports, tf_configs
+
+    out = []
+    for i, tf_config in enumerate(tf_configs(free_ports(2))):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": tf_config,
+               "RECALL_COLLECTIVE_TIMEOUT": "20"}
+        log = tmp_path / f"{tag}-{i}.log"
+        with open(log, "w") as f:
+            out.append((subprocess.Popen(["nice", "-n", "19", sys.executable, "-m", "recall", "train", *args],
+                                         cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT), log))
+    return out
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
+    import time
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    args = [str(config), "--set", "train.epochs=4", "--set", "train.checkpoint_every_steps=4",
+            "--run-dir", str(tmp_path / "run")]
+    workers = _start_workers(tmp_path, args, "first")
+    try:
+        (chief, chief_log), (other, _) = workers
+        if not _wait_for(lambda: "epoch 1:" in chief_log.read_text(errors="replace") or chief.poll() is not None,
+                         JOB_TIMEOUT):
+            pytest.skip(f"a 2-worker cluster on loopback did not train an epoch within {JOB_TIMEOUT} s")
+        assert chief.poll() is None, chief_log.read_text()[-3000:]
+        other.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        code = chief.wait(90)
+        assert time.monotonic() - killed < 60, "the chief outlived its peer by a minute"
+        lines = [line for line in chief_log.read_text(errors="replace").splitlines() if line.strip()]
+        assert code == 2 and lines[-1].startswith("error: worker 0 of 2: lost contact"), lines[-5:]
+        assert "Traceback" not in chief_log.read_text(errors="replace")
+    finally:
+        for proc, _ in workers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    # Restart both: they resume from the chief's last checkpoint and finish.
+    workers = _start_workers(tmp_path, args, "second")
+    try:
+        codes = [proc.wait(JOB_TIMEOUT) for proc, _ in workers]
+        assert codes == [0, 0], [log.read_text()[-2000:] for _, log in workers]
+        for _, log in workers:
+            assert "resumed from" in log.read_text()
+        metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert metrics["train"]["epochs"] == 4 and metrics["train"]["workers"] == 2
+    finally:
+        for proc, _ in workers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()

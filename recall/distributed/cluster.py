@@ -11,6 +11,7 @@ run directory. Without `TF_CONFIG` there is no cluster and training runs in one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -91,3 +92,19 @@ def make_strategy(timeout: float | None = None):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout() if timeout is None else timeout)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+@contextlib.contextmanager
+def peers_lost_as_error(index: int, num_workers: int, run_dir):
+    """Turn the error a collective raises when another worker died (it refused the connection, or
+    did not answer within the collective timeout) into a one-line RecallError for this worker."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+            tf.errors.AbortedError) as err:
+        detail = next((line.strip() for line in str(err.message).splitlines() if line.strip()), type(err).__name__)
+        raise RecallError(f"worker {index} of {num_workers}: lost contact with the other workers "
+                          f"({type(err).__name__}: {detail[:160]}); restart every worker to resume from the "
+                          f"chief's last checkpoint in {run_dir}/checkpoints") from None

@@ -87,8 +87,9 @@ def _wait(procs: list, logs: Path, grace: float, poll: float) -> int:
                 print(f"launcher: workers still running {grace:.0f} s after worker {i} failed; killing them",
                       file=sys.stderr)
             where = "above" if i == 0 else f"in {logs / f'worker-{i}.log'}"
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             last = "" if i == 0 else _last_line(logs / f"worker-{i}.log")
-            print(f"error: worker {i} of {len(procs)} exited with code {code}{': ' + last if last else ''} "
+            print(f"error: worker {i} of {len(procs)} {how}{': ' + last if last else ''} "
                   f"(its output is {where})", file=sys.stderr)
             return code if code > 0 else 1
         if all(c == 0 for c in codes):
@@ -120,10 +121,10 @@ def _end(procs: list, grace: float) -> None:
 
 
 def _last_line(path: Path) -> str:
-    """The last line of a worker's log that says what went wrong (`error: ...` if it has one)."""
+    """The last `error: ...` line of a worker's log, without the prefix ("" if it has none)."""
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [""])[-1][:300]
+    errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    return (errors or [""])[-1][:300]
