@@ -156,9 +156,12 @@ def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
         killed = time.monotonic()
         code = chief.wait(90)
         assert time.monotonic() - killed < 60, "the chief outlived its peer by a minute"
-        lines = [line for line in chief_log.read_text(errors="replace").splitlines() if line.strip()]
-        assert code == 2 and lines[-1].startswith("error: worker 0 of 2: lost contact"), lines[-5:]
-        assert "Traceback" not in chief_log.read_text(errors="replace")
+        text = chief_log.read_text(errors="replace")
+        errors = [line for line in text.replace("\r", "\n").splitlines() if line.startswith("error:")]
+        # One line from recall (TensorFlow's own C++ log lines and the progress bar may surround it).
+        assert code == 2 and len(errors) == 1 and errors[0].startswith("error: worker 0 of 2: lost contact"), \
+            text[-2000:]
+        assert "Traceback" not in text
     finally:
         for proc, _ in workers:
             if proc.poll() is None:
