@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--warm-start", metavar="RUN_DIR",
                    help="start a new run from an earlier run's weights, moved to this data's vocabulary (sets "
                         "warm_start.run_dir; README 'Retraining on fresh data')")
+    t.add_argument("--workers", type=int, metavar="N",
+                   help="train data-parallel on N local worker processes (MultiWorkerMirroredStrategy with loopback "
+                        "TF_CONFIGs; README 'Training on several machines')")
 
     e = sub.add_parser("evaluate", help="re-evaluate a trained run directory (rewrites metrics.json, report.md)")
     e.add_argument("run_dir")
@@ -99,9 +102,15 @@ def _cmd_train(args) -> int:
         from recall.config import WarmStartConfig
 
         cfg.warm_start = WarmStartConfig(run_dir=args.warm_start)
-    _import_tensorflow_quietly(args.verbose)
     run_dir = Path(args.run_dir or cfg.run_dir)
+    if args.workers is not None:
+        return _launch_workers(args, cfg, run_dir)
+    _import_tensorflow_quietly(args.verbose)
     metrics = recall.train(cfg, run_dir)
+    if "worker" in metrics:  # a non-chief worker of a TF_CONFIG cluster: the chief reports
+        t = metrics["train"]
+        print(f"worker {metrics['worker']}: {t['epochs']} epochs, {t['steps']} steps done; the chief wrote {run_dir}")
+        return 0
     ks = cfg.eval.ks
     print()
     print(metrics_table({"model": metrics["test"], "most popular": metrics["most_popular"]["test"]}, ks))
@@ -111,6 +120,20 @@ def _cmd_train(args) -> int:
     print(f"\n{t['epochs']} epochs, {t['seconds']} s training, {t['examples_per_sec']} examples/s")
     print(f"run directory: {run_dir}  (metrics.json, report.md, export/)")
     return 0
+
+
+def _launch_workers(args, cfg, run_dir: Path) -> int:
+    """`recall train --workers N`: N local workers, each `recall train` with its own TF_CONFIG."""
+    from recall.distributed.launcher import launch
+    from recall.pipeline import check_distributed_config
+
+    if args.workers < 1:
+        raise RecallError(f"--workers {args.workers}: give at least 1 worker process")
+    check_distributed_config(cfg, args.workers)  # refused before any process starts
+    train_args = [args.config, *[a for o in args.overrides for a in ("--set", o)], "--run-dir", str(run_dir.resolve())]
+    if args.warm_start:
+        train_args += ["--warm-start", args.warm_start]
+    return launch(train_args, args.workers, run_dir, verbose=args.verbose)
 
 
 def _cmd_evaluate(args) -> int:

@@ -259,8 +259,18 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
     `cfg.warm_start`'s run on a new one), evaluate on test, export.
 
     Returns the metrics dict that is also written to `run_dir/metrics.json`. `on_epoch`: see loop.fit.
+
+    With a `TF_CONFIG` in the environment (distributed/cluster.py) this process is one worker of a
+    data-parallel job (MultiWorkerMirroredStrategy): the chief (worker 0) trains and writes the run
+    directory as above; another worker trains with it, writes nothing there, and returns
+    {"worker": index, "train": summary}.
     """
+    from recall.distributed.cluster import cluster_from_env
+
     run_dir = Path(run_dir or cfg.run_dir or "runs/default")
+    cluster = cluster_from_env()
+    if cluster is not None:
+        check_distributed_config(cfg, cluster.num_workers)
     saved = _check_run_dir(cfg, run_dir)
     if cfg.warm_start is not None and saved is not None and saved.warm_start is not None:
         cfg = _with_parent_hash(cfg, saved.warm_start.parent_config_hash)  # a resume keeps the recorded lineage
@@ -292,6 +302,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
     from recall.training.loop import fit
 
     _set_threads(cfg.train.intra_op_threads, cfg.train.inter_op_threads)  # before TF runs its first op
+    if cluster is not None:
+        return _train_distributed(cfg, data, run_dir, cluster, on_epoch)
     warm = None
     if cfg.warm_start is not None and tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is None:
         from recall.warm_start import prepare_warm_start, read_parent
@@ -319,6 +331,67 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
         try:
             metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
         except ParityError as refused:  # the figures still go to metrics.json, then the run fails (exit 2)
+            metrics["export_parity"] = refused.parity
+            raise
+        finally:
+            write_json(run_dir / "metrics.json", metrics)
+            _log_final_scalars(run_dir, metrics)
+            write_report(run_dir, metrics)
+    return metrics
+
+
+def check_distributed_config(cfg: Config, num_workers: int) -> None:
+    """What training on several workers does not support (yet): a RecallError naming the field."""
+    how = f"train on one process (unset TF_CONFIG / drop --workers) to use it; {num_workers} workers were asked for"
+    if cfg.train.optimizer in ("lazy_adam", "lazy_adagrad"):
+        raise RecallError(f"train.optimizer={cfg.train.optimizer}: the row-wise optimizers do not run under "
+                          f"MultiWorkerMirroredStrategy yet; use train.optimizer=adam (or adagrad), or {how}")
+    if cfg.loss.uses_learned_unigram:
+        raise RecallError("loss.sampler=learned_unigram: its counts live in each process's TensorFlow op, so the "
+                          "workers would draw different negatives; use unigram (or log_uniform), or " + how)
+    if cfg.warm_start is not None:
+        raise RecallError(f"warm_start: not supported with several workers yet; {how}")
+
+
+def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch=None) -> dict:
+    """`train` as one worker of a MultiWorkerMirroredStrategy job (see `train`)."""
+    import tempfile
+
+    from recall.distributed.cluster import make_strategy, peers_lost_as_error
+    from recall.training.loop import Worker, fit
+
+    strategy = make_strategy()  # before any TensorFlow op: it configures the collective runtime
+    s = data.split
+    log.info("worker %d of %d: data: %d users, %d items, %d examples", cluster.index, cluster.num_workers,
+             s.num_users, s.num_items, len(data.examples))
+    worker = Worker(strategy, cluster.index, run_dir)
+    if not cluster.is_chief:
+        # Scratch for what every worker must write but only the chief's counts (checkpoints, history).
+        with tempfile.TemporaryDirectory(prefix=f"recall-worker{cluster.index}-") as scratch:
+            with strategy.scope():
+                user, items = build_model(cfg, s.num_items, data.features.sizes)
+            with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
+                summary = fit(cfg, data, user, items, Path(scratch), on_epoch=on_epoch, worker=worker)
+        return {"worker": cluster.index, "train": summary}
+
+    from recall.bundle import export_bundle
+    from recall.data.vocabulary import write_vocabulary
+    from recall.evaluation.parity import ParityError
+    from recall.report import write_report
+
+    with run_dir_lock(run_dir):
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+        write_vocabulary(run_dir / "vocabulary", s.item_ids, data.features)
+        with strategy.scope():
+            user, items = build_model(cfg, s.num_items, data.features.sizes)
+        with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
+            summary = fit(cfg, data, user, items, run_dir, on_epoch=on_epoch, worker=worker)
+        summary["workers"] = cluster.num_workers
+        metrics = _final_metrics(cfg, data, user, items, summary)
+        metrics["lineage"] = None
+        try:
+            metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
+        except ParityError as refused:
             metrics["export_parity"] = refused.parity
             raise
         finally:

@@ -74,6 +74,8 @@ class InBatchSampler(tf.Module):
     sampled_expected_count [B (+S)]). `variables` (the streaming estimator's state) are checkpointed.
     """
 
+    uses_batch_labels = True  # with several replicas, the task passes it the global batch's labels
+
     def __init__(self, item_counts: np.ndarray, base=None, streaming: bool = False, batch_size: int = 1024,
                  alpha: float = 0.01, logq_correction: bool = True, name: str = "in_batch"):
         super().__init__(name=name)

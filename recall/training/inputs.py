@@ -77,6 +77,10 @@ class ExampleBatcher:
         }
         return features, tf.cast(tf.gather(self.seq, pos), tf.int64), tf.gather(self.weight, idx)
 
+    def rows(self, idx):
+        """Loss rows of the batch idx [B]: its B examples (int64 scalar)."""
+        return tf.size(idx, out_type=tf.int64)
+
 
 def _weights(examples: Examples) -> np.ndarray:
     return np.ones(len(examples), np.float32) if examples.weight is None else examples.weight.astype(np.float32)
@@ -106,6 +110,10 @@ class SequenceBatcher:
         self.weight = tf.constant(_weights(examples))
         self.user_codes = tf.constant(user_codes, dtype=tf.int32)
         self.num_examples = len(examples)
+
+    def rows(self, idx):
+        """Loss rows of the batch of chunks idx [C]: its labelled positions (int64 scalar)."""
+        return tf.reduce_sum(tf.gather(self.count, idx))
 
     def __call__(self, idx):
         first, count = tf.gather(self.first, idx), tf.gather(self.count, idx)  # [C]

@@ -12,10 +12,12 @@ bit-identical to an uninterrupted one (tests/test_resume.py kills a run with SIG
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,21 @@ from recall.training.task import RetrievalTask
 log = logging.getLogger(__name__)
 
 
-def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None) -> dict:
+@dataclass(frozen=True)
+class Worker:
+    """This process in a multi-worker job: the strategy, its index in the cluster (0 = the chief) and
+    the run directory all workers share (where the chief's checkpoints are)."""
+
+    strategy: object
+    index: int
+    shared_dir: Path
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+
+def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None, worker=None) -> dict:
     """Train `user`/`items` in place; leaves the best-validation weights in them. Returns a summary.
 
     `warm` (recall/warm_start.py WarmStart): on a fresh run directory, the parent's state is moved
@@ -44,6 +60,13 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None)
     (they are the run's first "best"). A run directory with a checkpoint resumes from it instead.
     `on_epoch(epoch, user, items, seconds)`: called after each validation (epoch 0 included) with the
     run's training seconds so far (benchmarks/warm_start.py evaluates test there).
+
+    `worker` (several workers, `Worker`): the towers were built in `worker.strategy.scope()`; the
+    optimizer is built there too and every step runs through `strategy.run` on this worker's slice of
+    the global batch (training/step.py). Every worker resumes from the chief's latest checkpoint
+    (`worker.shared_dir`: a file system all workers see) and validates the same weights, so all make
+    the same early-stopping decision; a non-chief's `run_dir` is a scratch directory its checkpoints,
+    history and TensorBoard go to (TF's multi-worker guide: every worker saves, only the chief's count).
     """
     from recall.model.towers import _backing
 
@@ -72,6 +95,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None)
                                batch_size=tc.batch_size, streaming_alpha=lc.streaming_alpha,
                                stateless=not learned)
     variables = trainable_variables(user, items)
+    strategy = None if worker is None else worker.strategy
+    chief = worker is None or worker.is_chief
     # The unit of a batch: an example (positions), or a chunk of up to sequence_length consecutive
     # examples of one user that the tower encodes in one causal pass (sequences).
     if tc.batching == "sequences":
@@ -92,12 +117,17 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None)
     planned_steps = tc.epochs * batches_per_epoch
     # A warm start carries the parent optimizer's step counter; the schedule starts at this run's step 0.
     step_offset = tf.Variable(0, dtype=tf.int64, name="warm_start_step") if cfg.warm_start is not None else None
-    optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps,
-                               step_offset=step_offset)
-    optimizer.build(variables)
-    task = RetrievalTask(items, lc.kind, sampler, lc.remove_accidental_hits)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        optimizer = make_optimizer(tc.optimizer, tc.learning_rate, tc.lr_schedule, planned_steps, tc.warmup_steps,
+                                   step_offset=step_offset)
+        optimizer.build(variables)
+    global_rows = None
+    if strategy is not None:
+        from recall.distributed.replicas import gather_global_rows as global_rows
+    task = RetrievalTask(items, lc.kind, sampler, lc.remove_accidental_hits, global_rows=global_rows)
     loss_fn = make_loss_fn(user, task, tc.batching, tc.batch_splits)
-    train_block = make_train_block(batcher, loss_fn, variables, optimizer, cfg.seed)
+    train_block = make_train_block(batcher, loss_fn, variables, optimizer, cfg.seed, strategy,
+                                   replica=0 if worker is None else worker.index)
 
     # --- state and checkpoints ---------------------------------------------------------------
     state = {
@@ -126,10 +156,12 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None)
     best_manager = tf.train.CheckpointManager(best_ckpt, str(run_dir / "checkpoints" / "best"), max_to_keep=1)
     history_path = run_dir / "history.json"
     history = json.loads(history_path.read_text()) if history_path.exists() else {"epochs": [], "loss": []}
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s (step %d, epoch %d)", manager.latest_checkpoint,
-                 int(state["step"]), int(state["epoch"]))
+    # Every worker resumes from the chief's checkpoints; a non-chief writes its own to scratch.
+    latest = manager.latest_checkpoint if worker is None else \
+        tf.train.latest_checkpoint(str(worker.shared_dir / "checkpoints"))
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
+        log.info("resumed from %s (step %d, epoch %d)", latest, int(state["step"]), int(state["epoch"]))
     # history.json is written just before each checkpoint: drop what a kill left past the checkpoint.
     history["loss"] = [e for e in history["loss"] if e[0] <= int(state["step"])]
     history["epochs"] = [e for e in history["epochs"] if e["epoch"] <= int(state["epoch"])]
@@ -143,7 +175,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None)
                                cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size,
                                cfg.eval.query_age)["filtered"]
 
-    if warm is not None and not manager.latest_checkpoint:
+    if warm is not None and not latest:
         report = warm.apply(user, items, variables, optimizer, sampler)
         step_offset.assign(int(optimizer.iterations.numpy()))
         write_json(run_dir / "lineage.json", {"parent_run_dir": str(warm.parent.run_dir),
@@ -167,7 +199,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None)
         done = int(state["epoch_batches"])
         order = epoch_order(n, cfg.seed, epoch, tc.shuffle)
         bar = tqdm(total=batches_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                   unit="batch", dynamic_ncols=True, mininterval=0.5)
+                   unit="batch", dynamic_ncols=True, mininterval=0.5, disable=not chief)
         t0, ex0 = time.perf_counter(), 0
         epoch_seconds, epoch_examples = 0.0, 0  # this process's training time in the epoch (no saves)
         running = float(state["running_loss"]) if done else math.nan
@@ -217,11 +249,13 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None)
                                   "train_seconds": round(epoch_seconds, 3),
                                   "examples_per_sec": round(epoch_examples / max(epoch_seconds, 1e-9), 1),
                                   **{f"valid_{k}": v for k, v in valid.items() if k != "count"}})
-        print(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  valid {metric} {score:.4f}"
-              f"{'  (best)' if improved else ''}", flush=True)
+        if chief:
+            print(f"epoch {epoch + 1}: loss {epoch_loss:.4f}  valid {metric} {score:.4f}"
+                  f"{'  (best)' if improved else ''}", flush=True)
         if es and int(state["bad_epochs"]) >= es.patience:
             stopped_early = True
-            print(f"early stopping: no {metric} improvement for {es.patience} epochs", flush=True)
+            if chief:
+                print(f"early stopping: no {metric} improvement for {es.patience} epochs", flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, user, items, float(state["train_seconds"]))
         _save(manager, state, None, 0, history, history_path)

@@ -21,11 +21,17 @@ from recall.training.samplers import Sampler
 class RetrievalTask:
     """`kind`: sampled_softmax | nce | neg | full_softmax; `sampler` for the sampled kinds."""
 
-    def __init__(self, item_tower, kind: str, sampler: Sampler | None = None, remove_accidental_hits: bool = True):
+    def __init__(self, item_tower, kind: str, sampler: Sampler | None = None, remove_accidental_hits: bool = True,
+                 global_rows=None):
+        """`global_rows` (several replicas, distributed/replicas.py `gather_global_rows`): labels [r] →
+        (the global batch's labels [R] int64, this replica's offset in them). Given, a sampler that draws
+        from the batch's labels (in_batch, mixed) draws from the global batch's, with log Q for the global
+        batch; samplers keyed on (seed, step) draw the same set on every replica without it."""
         if kind != "full_softmax" and sampler is None:
             raise ValueError(f"loss {kind!r} needs a sampler")
         self.items, self.kind, self.sampler = item_tower, kind, sampler
         self.remove_accidental_hits = remove_accidental_hits
+        self.global_rows = global_rows if getattr(sampler, "uses_batch_labels", False) else None
         self.op = tf.nn.nce_loss if kind in ("nce", "neg") else tf.nn.sampled_softmax_loss
 
     def part_losses(self, parts: list, seed=None) -> list:
@@ -36,7 +42,13 @@ class RetrievalTask:
             return [full_softmax_per_row(weights, biases, labels, queries) for queries, labels in parts]
         labels = tf.concat([tf.reshape(labels, [-1]) for _, labels in parts], axis=0) if len(parts) > 1 \
             else parts[0][1]
-        all_labels, (sampled, true_expected, sampled_expected) = draw_candidates(self.sampler, labels, seed)
+        if self.global_rows is None:
+            all_labels, (sampled, true_expected, sampled_expected) = draw_candidates(self.sampler, labels, seed)
+        else:  # candidates from the global batch's labels; this replica's rows of the true counts
+            everyone, offset = self.global_rows(labels)
+            all_labels, (sampled, true_expected, sampled_expected) = draw_candidates(self.sampler, everyone, seed)
+            mine = slice(offset, offset + tf.size(labels, out_type=tf.int64))
+            all_labels, true_expected = all_labels[mine], true_expected[mine]
         out, start = [], 0
         for queries, part_labels in parts:
             size = tf.size(part_labels)  # dynamic under sequence batching (labelled positions vary)

@@ -1,0 +1,42 @@
+"""Per-replica pieces of a data-parallel step (inside `strategy.run`).
+
+Every worker gets the same global batch of example (or chunk) indices, a pure function of (seed,
+epoch, step); replica r of R takes the r-th of R consecutive near-equal slices (`replica_slice`).
+The loss of a replica is normalised by the rows of the GLOBAL batch, so the gradients summed over
+replicas (the strategy's all-reduce) are the single-process gradients.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def slice_bounds(size: int, parts: int, part: int) -> tuple[int, int]:
+    """[lo, hi) of part `part` of `parts` consecutive near-equal slices of `size` rows (sizes differ by ≤ 1)."""
+    return (part * size) // parts, ((part + 1) * size) // parts
+
+
+def replica_slice(idx, num_replicas: int, replica: int):
+    """idx [B] (static B) → this replica's slice [hi - lo] of it."""
+    lo, hi = slice_bounds(int(idx.shape[0]), num_replicas, replica)
+    return idx[lo:hi]
+
+
+def gather_global_rows(values):
+    """Inside `strategy.run`: this replica's rows `values` [r] → (every replica's rows concatenated in
+    replica order [R_global] int64, offset of this replica's first row int64 scalar).
+
+    Sizes may differ between replicas (TF pads them). Both tensors are int64: CPU collectives of int32
+    fail in TF 2.21, and the input is placed on the replica's device first — a tensor without a device
+    makes the all-gather fail with "destinations can not be empty".
+    """
+    ctx = tf.distribute.get_replica_context()
+    extended = ctx.strategy.extended
+    device = extended.worker_devices[0] if len(extended.worker_devices) == 1 else None
+    with tf.device(device):
+        local = tf.identity(tf.cast(tf.reshape(values, [-1]), tf.int64))  # [r]
+        size = tf.reshape(tf.size(local, out_type=tf.int64), [1])  # [1]
+    everyone = ctx.all_gather(local, axis=0)  # [R_global]
+    sizes = ctx.all_gather(size, axis=0)  # [num_replicas]
+    offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
+    return everyone, offset
