@@ -150,7 +150,8 @@ def test_example_batcher_matches_brute_force():
     codes = np.arange(split.num_users * 2, dtype=np.int32).reshape(split.num_users, 2)
     batcher = ExampleBatcher(split.train_items, ex, codes, max_history)
     idx = np.random.default_rng(0).permutation(len(ex)).astype(np.int64)
-    features, labels = batcher(tf.constant(idx[:37]))
+    features, labels, weights = batcher(tf.constant(idx[:37]))
+    np.testing.assert_array_equal(weights.numpy(), np.ones(37, np.float32))  # no weight column: every example 1
     for row, e in enumerate(idx[:37]):
         u, label, hist, _ = expected[e]
         assert int(labels[row]) == label
@@ -161,7 +162,7 @@ def test_example_batcher_matches_brute_force():
     seen_labels, seen_hist = [], []
     for block in epoch_blocks(idx, 16, done=0, steps_per_block=3, step=0):
         for batch in block:
-            f, y = batcher(tf.constant(batch))
+            f, y, _ = batcher(tf.constant(batch))
             seen_labels += y.numpy().tolist()
             seen_hist += f["history"].numpy().tolist()
     assert seen_labels == [expected[e][1] for e in idx]
