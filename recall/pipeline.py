@@ -169,6 +169,8 @@ RESUME_RULES: tuple[tuple[str, bool, str], ...] = (
     ("warm_start.parent_config_hash", FREE, "recorded by the run when it starts; a resumed run keeps the recorded "
      "one"),
 )
+
+
 def _chunk_length(cfg: Config) -> int | None:
     """train.sequence_length where it shapes the batches (batching: sequences), else None."""
     return cfg.train.sequence_length if getattr(cfg.train, "batching", "positions") == "sequences" else None
@@ -316,27 +318,33 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
 
     log.info("data: %d users, %d items, %d train interactions, %d examples",
              s.num_users, s.num_items, int(s.train_indptr[-1]), len(data.examples))
-    from recall.bundle import export_bundle
     from recall.data.vocabulary import write_vocabulary
-    from recall.evaluation.parity import ParityError
-    from recall.report import write_report
 
     with run_dir_lock(run_dir):
         write_text(run_dir / "config.yaml", dump_config(cfg))
         write_vocabulary(run_dir / "vocabulary", s.item_ids, data.features)  # what a warm start maps from
         user, items = build_model(cfg, s.num_items, data.features.sizes)
         summary = fit(cfg, data, user, items, run_dir, warm=warm, on_epoch=on_epoch)
-        metrics = _final_metrics(cfg, data, user, items, summary)
-        metrics["lineage"] = lineage(cfg, run_dir)
-        try:
-            metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
-        except ParityError as refused:  # the figures still go to metrics.json, then the run fails (exit 2)
-            metrics["export_parity"] = refused.parity
-            raise
-        finally:
-            write_json(run_dir / "metrics.json", metrics)
-            _log_final_scalars(run_dir, metrics)
-            write_report(run_dir, metrics)
+        return _finish(cfg, data, user, items, summary, run_dir, lineage(cfg, run_dir))
+
+
+def _finish(cfg: Config, data: Data, user, items, summary: dict, run_dir: Path, lineage_record) -> dict:
+    """After training: test metrics, the export (with its parity check), metrics.json, TensorBoard, report."""
+    from recall.bundle import export_bundle
+    from recall.evaluation.parity import ParityError
+    from recall.report import write_report
+
+    metrics = _final_metrics(cfg, data, user, items, summary)
+    metrics["lineage"] = lineage_record
+    try:
+        metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
+    except ParityError as refused:  # the figures still go to metrics.json, then the run fails (exit 2)
+        metrics["export_parity"] = refused.parity
+        raise
+    finally:
+        write_json(run_dir / "metrics.json", metrics)
+        _log_final_scalars(run_dir, metrics)
+        write_report(run_dir, metrics)
     return metrics
 
 
@@ -374,10 +382,7 @@ def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch
                 summary = fit(cfg, data, user, items, Path(scratch), on_epoch=on_epoch, worker=worker)
         return {"worker": cluster.index, "train": summary}
 
-    from recall.bundle import export_bundle
     from recall.data.vocabulary import write_vocabulary
-    from recall.evaluation.parity import ParityError
-    from recall.report import write_report
 
     with run_dir_lock(run_dir):
         write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -387,18 +392,7 @@ def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch
         with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
             summary = fit(cfg, data, user, items, run_dir, on_epoch=on_epoch, worker=worker)
         summary["workers"] = cluster.num_workers
-        metrics = _final_metrics(cfg, data, user, items, summary)
-        metrics["lineage"] = None
-        try:
-            metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
-        except ParityError as refused:
-            metrics["export_parity"] = refused.parity
-            raise
-        finally:
-            write_json(run_dir / "metrics.json", metrics)
-            _log_final_scalars(run_dir, metrics)
-            write_report(run_dir, metrics)
-    return metrics
+        return _finish(cfg, data, user, items, summary, run_dir, None)
 
 
 def _set_threads(intra: int | None, inter: int | None) -> None:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 SMALL = ["model.dim=16", "model.hidden=[32]", "model.max_history=10", "loss.num_sampled=20",
          "train.batch_size=128", "train.learning_rate=0.01", "eval.batch_size=512",
          "eval.ks=[10,20]", "train.early_stopping=null"]
-SEQUENCE = ["model.history=[{kind: mean}, {kind: transformer, band: 3, blocks: 2, heads: 2}]",
+SEQUENCE = ["model.history=[{kind: mean}, {kind: transformer, band: 3, blocks: 1, heads: 2}]",
             "model.tie_embeddings=true", "train.lr_schedule=cosine", "train.warmup_steps=3"]
 # The shipped ML-1M shape: a GRU over the recent items, dropout, cosine schedule.
 GRU = ["model.history=[{kind: mean}, {kind: recent, window: 3}, {kind: gru, window: 6}]",
@@ -92,7 +92,7 @@ EXACT_ENCODERS = {
     "means+slots": "[{kind: mean}, {kind: mean, window: 3}, {kind: recent, window: 2}, {kind: last_items, window: 2}]",
     "attention": "[{kind: attention, window: 8}]",
     "min_gru": "[{kind: min_gru, window: 6, heads: 4}]",
-    "transformer": "[{kind: transformer, band: 4, blocks: 3, heads: 2}]",
+    "transformer": "[{kind: transformer, band: 4, blocks: 2, heads: 2}]",
 }
 
 
