@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 SYNTHETIC = ["data.source=synthetic", "data.synthetic={num_users: 300, num_items: 120, interactions_per_user: 10, "
              "seed: 1}", "model.dim=8", "model.hidden=[16]", "model.max_history=10",
              "model.history=[{kind: mean}, {kind: recent, window: 3}]", "loss.num_sampled=20", "train.epochs=3",
-             "train.batch_size=64", "train.learning_rate=0.01", "train.early_stopping=null", "eval.ks=[10,50]"]
+             "train.batch_size=64", "train.learning_rate=0.01", "train.early_stopping=null", "eval.ks=[10,50]",
+             "train.steps_per_execution=2"]
 
 
 def split_log(cfg, cutoff_quantile: float, cutoff_time: int | None, work: Path) -> tuple[Path, Path, dict]:

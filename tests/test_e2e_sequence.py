@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 SMALL = ["model.dim=16", "model.hidden=[32]", "model.max_history=10", "loss.num_sampled=20",
          "train.batch_size=128", "train.learning_rate=0.01", "eval.batch_size=512",
-         "eval.ks=[10,20]", "train.early_stopping=null"]
+         "eval.ks=[10,20]", "train.early_stopping=null",
+         "train.steps_per_execution=2"]  # a shorter compiled block: the same updates, a quarter of the tracing
 SEQUENCE = ["model.history=[{kind: mean}, {kind: transformer, band: 3, blocks: 1, heads: 2}]",
             "model.tie_embeddings=true", "train.lr_schedule=cosine", "train.warmup_steps=3"]
 # The shipped ML-1M shape: a GRU over the recent items, dropout, cosine schedule.
