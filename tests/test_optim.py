@@ -402,7 +402,8 @@ def test_lazy_adam_trains_and_resumes(tmp_path):
     synthesize(num_users=200, num_items=60, interactions_per_user=15, num_topics=4, seed=5).to_parquet(log)
     overrides = ["data.source=file", f"data.path={log}", "model.dim=16", "model.hidden=[32]",
                  "model.max_history=10", "loss.num_sampled=20", "train.batch_size=64", "train.learning_rate=0.01",
-                 "train.optimizer=lazy_adam", "train.early_stopping=null", "eval.ks=[10,20]"]
+                 "train.optimizer=lazy_adam", "train.early_stopping=null", "eval.ks=[10,20]",
+                 "train.steps_per_execution=2"]
     run_dir = tmp_path / "run"
     first = recall.train(recall.load_config(None, [*overrides, "train.epochs=1"]), run_dir)
     per_epoch = first["train"]["steps"]
