@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from recall.model import UserTower
+from recall.model.encoders import PositionView
 
 
 def _reference_mean(table, history):
@@ -20,7 +21,7 @@ def _reference_mean(table, history):
 def _window(tower, history, width):
     """The tower's per-position embeddings [B, width, D] and mask of the last `width` columns."""
     _, rows, slots = tower._history_lookup(tf.constant(history))
-    return tower._embed_window(rows, slots[:, -width:])
+    return PositionView(None, rows, slots).window(width)
 
 
 def test_history_mean_and_its_gradient_match_the_reference():
@@ -60,7 +61,7 @@ def test_window_from_shared_rows_matches_gather_and_mask_with_its_gradient():
     table = tower.history_embeddings
     with tf.GradientTape() as tape:
         mean, rows, slots = tower._history_lookup(tf.constant(history))
-        emb, mask = tower._embed_window(rows, slots[:, -4:])
+        emb, mask = PositionView(None, rows, slots).window(4)
         loss = tf.reduce_sum(mean * w_mean) + tf.reduce_sum(emb * w_win)
     grad = tape.gradient(loss, table)
     assert len(np.unique(grad.indices.numpy())) == len(grad.indices)  # one gradient row per distinct item

@@ -182,19 +182,16 @@ class UserTower(keras.layers.Layer):
         # The zero row last (rows may be empty: a batch of empty histories).
         return positions, slot, tf.concat([rows, tf.zeros([1, self.dim], rows.dtype)], axis=0)
 
-    def _history_lookup(self, history):
+    def _history_lookup(self, history, slots: bool = True):
         """history int [B, M] → (mean `[B, D]` of each row's items (zeros for an empty history), rows
-        `[R + 1, D]` (zero row last), slots int32 `[B, M]`: each position's index into rows, −1 at padding)."""
+        `[R + 1, D]` (zero row last), slots int32 `[B, M]`: each position's index into rows, −1 at padding;
+        None when `slots` is false — no encoder reads a window)."""
         positions, slot, rows = self._lookup(history)
         mean = tf.sparse.segment_mean(rows[:-1], slot, tf.cast(positions[:, 0], tf.int32),
                                       num_segments=tf.shape(history)[0])
+        if not slots:
+            return mean, rows, None
         return mean, rows, tf.tensor_scatter_nd_update(tf.fill(tf.shape(history), -1), positions, slot)
-
-    @staticmethod
-    def _embed_window(rows, slots):
-        """Per-position embeddings `[B, w, D]` (zeros at padding) and mask `[B, w, 1]` of `slots` [B, w]."""
-        view = PositionView(None, rows, slots)
-        return view.window(int(slots.shape[1]))
 
     def _head(self, parts, features, age, training):
         """Concatenated encoder outputs `[..., P]` + feature embeddings + age → MLP → query `[..., D]`."""
@@ -218,7 +215,7 @@ class UserTower(keras.layers.Layer):
         history = inputs["history"]
         if history.shape[1] is not None and history.shape[1] > self.max_history:
             history = history[:, -self.max_history:]  # the latest max_history items, as in training
-        view = PositionView(*self._history_lookup(history))
+        view = PositionView(*self._history_lookup(history, slots=any(e.reads_window for e in self.encoders)))
         parts = [enc.per_position(view, training=training) for enc in self.encoders]
         return self._head(parts, inputs["user_features"], inputs["age"], training)
 

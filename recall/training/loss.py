@@ -89,11 +89,14 @@ def nce(
     return _mean_sampled_loss(tf.nn.nce_loss, weights, biases, labels, queries, sampler, remove_accidental_hits, seed)
 
 
-def full_softmax(weights: tf.Tensor, biases: tf.Tensor, labels: tf.Tensor, queries: tf.Tensor) -> tf.Tensor:
-    """Exact softmax cross-entropy over all N items: the yardstick the sampled losses approximate.
+def full_softmax_per_row(weights, biases, labels, queries):
+    """Exact softmax cross-entropy over all N items, per row: weights [N, D], biases [N], labels int [R],
+    queries [R, D] → [R]. The yardstick the sampled losses approximate."""
+    logits = tf.matmul(queries, weights, transpose_b=True) + biases  # [R, N]
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(tf.reshape(labels, [-1]), tf.int64),
+                                                          logits=logits)
 
-    weights [N, D], biases [N], labels int [B], queries [B, D] → scalar.
-    """
-    logits = tf.matmul(queries, weights, transpose_b=True) + biases  # [B, N]
-    per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int64), logits=logits)
-    return tf.reduce_mean(per_row)
+
+def full_softmax(weights: tf.Tensor, biases: tf.Tensor, labels: tf.Tensor, queries: tf.Tensor) -> tf.Tensor:
+    """Mean of `full_softmax_per_row`: weights [N, D], biases [N], labels int [B], queries [B, D] → scalar."""
+    return tf.reduce_mean(full_softmax_per_row(weights, biases, labels, queries))

@@ -76,17 +76,6 @@ def _update(loss_fn, variables: list, optimizer, features, labels, weights, seed
     return loss
 
 
-def make_train_step(loss_fn, variables: list, optimizer):
-    """train_step(features, labels, weights=None, seed=None) → loss, one optimizer update (tests and
-    benchmarks; training runs `make_train_block`). Traced once per signature."""
-
-    @tf.function(reduce_retracing=True)
-    def train_step(features, labels, weights=None, seed=None):
-        return _update(loss_fn, variables, optimizer, features, labels, weights, seed)
-
-    return train_step
-
-
 def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int, strategy=None, replica: int = 0):
     """train_block(idx int64 [K, B], first_step int64) → losses float32 [K]: K updates in one call.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from recall.training.loss import draw_candidates, sampled_loss_per_row
+from recall.training.loss import draw_candidates, full_softmax_per_row, sampled_loss_per_row
 from recall.training.samplers import Sampler
 
 
@@ -72,11 +72,3 @@ class RetrievalTask:
     def __call__(self, queries, labels, weights=None, seed=None):
         """One part: the weighted mean over its R rows."""
         return self.loss([(queries, labels, weights)], seed)
-
-
-def full_softmax_per_row(weights, biases, labels, queries):
-    """Exact softmax cross-entropy over all N items, per row: weights [N, D], biases [N], labels int [R],
-    queries [R, D] → [R]. The yardstick the sampled losses approximate."""
-    logits = tf.matmul(queries, weights, transpose_b=True) + biases  # [R, N]
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(tf.reshape(labels, [-1]), tf.int64),
-                                                          logits=logits)

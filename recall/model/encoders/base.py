@@ -32,7 +32,8 @@ class PositionView:
 
     def __init__(self, mean, rows, slots):
         self.mean = mean
-        self._rows, self._slots = rows, slots  # [R + 1, D] (zero row last), int32 [B, M] (−1 = padding)
+        self._rows, self._slots = rows, slots  # [R + 1, D] (zero row last), int32 [B, M] (−1 = padding), or None
+        # when no encoder reads a window
         self._windows: dict[int, tuple] = {}
 
     def window(self, n: int):
@@ -111,6 +112,7 @@ class HistoryEncoder(keras.layers.Layer):
     kind = "base"
     exact = True
     width_factor = 1
+    reads_window = True  # per position it reads `PositionView.window` (False: only the shared mean)
 
     def __init__(self, dim: int, reads: int, **kwargs):
         super().__init__(**kwargs)

@@ -23,6 +23,7 @@ class MeanEncoder(HistoryEncoder):
     def __init__(self, dim: int, reads: int, max_history: int, **kwargs):
         super().__init__(dim, reads, **kwargs)
         self.whole = reads >= max_history
+        self.reads_window = not self.whole
         self.max_history = max_history
 
     def per_position(self, view: PositionView, training=False):
