@@ -417,3 +417,38 @@ def test_lazy_adam_trains_and_resumes(tmp_path):
     assert len(losses) == 3 and losses[-1] < losses[0]
     test = metrics["test"]["filtered"]
     assert test["hr@20"] > metrics["most_popular"]["test"]["filtered"]["hr@20"]
+
+
+@pytest.mark.parametrize("name", ["adam", "adagrad"])
+def test_keras_optimizers_sum_repeated_rows_before_squaring(name):
+    """`train.optimizer: adam|adagrad` (Keras' optimizers, training/schedule.py) on an IndexedSlices
+    gradient with repeated rows take the dense gradient's step: the numpy reference of Adam / Adagrad
+    with the rows summed first. Keras alone squares each slice (v gets Σgᵢ² instead of (Σgᵢ)²)."""
+    from recall.training.schedule import make_optimizer
+
+    rng = np.random.default_rng(3)
+    n, d = 6, 3
+    x0 = rng.normal(size=(n, d)).astype(np.float32)
+    indices = np.array([1, 4, 1, 1, 0], np.int64)  # row 1 three times, rows 2, 3, 5 untouched
+    values = rng.normal(size=(5, d)).astype(np.float32)
+    var = tf.Variable(x0)
+    opt = make_optimizer(name, LR)
+    opt.build([var])
+
+    @tf.function
+    def step():
+        opt.apply_gradients([(tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([n, d], tf.int64)), var)])
+
+    step()
+    step()
+    g = dense_of(indices, values, n)
+    if name == "adam":
+        x, m, v = x0, np.zeros_like(x0), np.zeros_like(x0)
+        for t in (1, 2):
+            x, m, v = np_adam(x, m, v, g, t)
+    else:  # Keras' Adagrad: accumulator starts at 0.1, x -= lr·g / sqrt(acc + ε)… with ε outside the root
+        acc, x = np.full_like(x0, 0.1), x0.copy()
+        for _ in (1, 2):
+            acc = acc + np.square(g)
+            x = x - np.float32(LR) * g / (np.sqrt(acc) + np.float32(EPS))
+    np.testing.assert_allclose(var.numpy(), x, rtol=1e-5, atol=1e-6)

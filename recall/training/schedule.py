@@ -67,5 +67,33 @@ def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", 
         return {"lazy_adam": LazyAdam, "lazy_adagrad": LazyAdagrad}[name](learning_rate=lr)
     import keras
 
-    return {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad,
-            "sgd": keras.optimizers.SGD}[name](learning_rate=lr)
+    if name == "sgd":  # linear in the gradient: repeated rows are summed by its scatter as they should be
+        return keras.optimizers.SGD(learning_rate=lr)
+    return _rows_summed_first({"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad}[name])(
+        learning_rate=lr)
+
+
+def _rows_summed_first(keras_optimizer):
+    """`keras_optimizer` whose update first sums the repeated rows of a `tf.IndexedSlices` gradient.
+
+    Keras 3's Adam and Adagrad square an IndexedSlices gradient slice by slice (`ops.square` keeps
+    the slices) and only then densify it, which adds the squares of a row's repeated slices: v gets
+    Σ gᵢ² where the dense gradient gives (Σ gᵢ)². A tied item table's gradient repeats rows every step
+    (history rows + the loss's label and candidate rows), and under a tf.distribute strategy the
+    all-gathered slices of every replica repeat them too. Summing first makes the update the dense
+    gradient's, on one process and on several (tests/test_optim.py). It runs inside `update_step`,
+    after the strategy has gathered the replicas' slices.
+    """
+    import tensorflow as tf
+
+    from recall.training.optim import aggregate_rows
+
+    class RowsSummedFirst(keras_optimizer):
+        def update_step(self, gradient, variable, learning_rate):
+            if isinstance(gradient, tf.IndexedSlices):
+                rows, values = aggregate_rows(gradient)
+                gradient = tf.IndexedSlices(values, rows, gradient.dense_shape)
+            return super().update_step(gradient, variable, learning_rate)
+
+    RowsSummedFirst.__name__ = keras_optimizer.__name__
+    return RowsSummedFirst
