@@ -351,9 +351,6 @@ def _finish(cfg: Config, data: Data, user, items, summary: dict, run_dir: Path, 
 def check_distributed_config(cfg: Config, num_workers: int) -> None:
     """What training on several workers does not support (yet): a RecallError naming the field."""
     how = f"train on one process (unset TF_CONFIG / drop --workers) to use it; {num_workers} workers were asked for"
-    if cfg.train.optimizer in ("lazy_adam", "lazy_adagrad"):
-        raise RecallError(f"train.optimizer={cfg.train.optimizer}: the row-wise optimizers do not run under "
-                          f"MultiWorkerMirroredStrategy yet; use train.optimizer=adam (or adagrad), or {how}")
     if cfg.loss.uses_learned_unigram:
         raise RecallError("loss.sampler=learned_unigram: its counts live in each process's TensorFlow op, so the "
                           "workers would draw different negatives; use unigram (or log_uniform), or " + how)

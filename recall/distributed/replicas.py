@@ -40,3 +40,32 @@ def gather_global_rows(values):
     sizes = ctx.all_gather(size, axis=0)  # [num_replicas]
     offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
     return everyone, offset
+
+
+def sum_over_replicas(grads: list) -> list:
+    """Inside `strategy.run`: this replica's gradients → every replica's, summed, for an optimizer
+    that does not reduce them itself (recall's row-wise `lazy_adam` / `lazy_adagrad`; Keras' optimizers
+    do this inside `apply_gradients`).
+
+    Dense gradients are all-reduced in one batched call; a `tf.IndexedSlices` gradient is all-gathered
+    as it is — ids (int64) and rows, repeated ids included — and the optimizer sums repeated rows as
+    it does on one process. Every replica then holds the same gradients and makes the same update to
+    its copy of the (ON_WRITE, aggregation NONE) mirrored variables and slots, so the copies stay equal.
+    """
+    ctx = tf.distribute.get_replica_context()
+    extended = ctx.strategy.extended
+    device = extended.worker_devices[0] if len(extended.worker_devices) == 1 else None
+    out = list(grads)
+    dense = [i for i, g in enumerate(grads) if g is not None and not isinstance(g, tf.IndexedSlices)]
+    if dense:
+        with tf.device(device):
+            local = [tf.identity(grads[i]) for i in dense]
+        for i, total in zip(dense, ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)):
+            out[i] = total
+    for i, g in enumerate(grads):
+        if isinstance(g, tf.IndexedSlices):
+            ids, _ = gather_global_rows(g.indices)
+            with tf.device(device):
+                rows = tf.identity(g.values)
+            out[i] = tf.IndexedSlices(ctx.all_gather(rows, axis=0), ids, g.dense_shape)
+    return out

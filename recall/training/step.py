@@ -65,13 +65,16 @@ def _split_batch(features: dict, labels, weights, splits: int) -> list:
             for lo, hi in zip(bounds, bounds[1:])]
 
 
-def _update(loss_fn, variables: list, optimizer, features, labels, weights, seed, normalizer=None):
+def _update(loss_fn, variables: list, optimizer, features, labels, weights, seed, normalizer=None, reduce=None):
     """One optimizer update on one batch → the batch's loss (scalar). Inside `strategy.run` the
-    optimizer sums the replicas' gradients (Keras' optimizers all-reduce them; IndexedSlices are
-    all-gathered) before it updates the mirrored variables."""
+    replicas' gradients are summed before the mirrored variables are updated: by Keras' optimizers
+    themselves (dense all-reduced, IndexedSlices all-gathered), or by `reduce` (distributed/replicas.py
+    `sum_over_replicas`, for recall's row-wise optimizers)."""
     with tf.GradientTape() as tape:
         loss = loss_fn(features, labels, weights, training=True, seed=seed, normalizer=normalizer)
     grads = tape.gradient(loss, variables)
+    if reduce is not None:
+        grads = reduce(grads)
     optimizer.apply_gradients(zip(grads, variables))
     return loss
 
@@ -113,15 +116,19 @@ def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int, st
 
 def _make_replicated_block(batcher, loss_fn, variables: list, optimizer, seed: int, strategy, replica: int):
     """`make_train_block` under a strategy with one replica per worker (CPU workers)."""
-    from recall.distributed.replicas import replica_slice
+    import keras
+
+    from recall.distributed.replicas import replica_slice, sum_over_replicas
 
     if len(strategy.extended.worker_devices) != 1:
         raise ValueError("recall's data-parallel step expects one replica (device) per worker")
     replicas = strategy.num_replicas_in_sync
+    # Keras' optimizers sum the replicas' gradients in apply_gradients; recall's row-wise ones do not.
+    reduce = None if isinstance(optimizer, keras.optimizers.Optimizer) else sum_over_replicas
 
     def replica_step(local_idx, step_seed, normalizer):
         features, labels, weights = batcher(local_idx)
-        return _update(loss_fn, variables, optimizer, features, labels, weights, step_seed, normalizer)
+        return _update(loss_fn, variables, optimizer, features, labels, weights, step_seed, normalizer, reduce)
 
     @tf.function
     def train_block(idx, first_step):
