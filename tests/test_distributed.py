@@ -95,19 +95,22 @@ def _train_both(tmp_path: Path, *overrides: str) -> tuple[Path, Path]:
     return one, two
 
 
-@pytest.mark.parametrize("sampler, optimizer", [("log_uniform", "lazy_adam"), ("in_batch", "adam")])
-def test_two_workers_train_what_one_process_trains(tmp_path, sampler, optimizer):
-    rate = {"lazy_adam": 0.01, "adam": 0.01}[optimizer]
+@pytest.mark.parametrize("sampler, optimizer, batching",
+                         [("log_uniform", "lazy_adam", "sequences"), ("in_batch", "adam", "positions")])
+def test_two_workers_train_what_one_process_trains(tmp_path, sampler, optimizer, batching):
     one, two = _train_both(tmp_path, f"loss.sampler={sampler}", f"train.optimizer={optimizer}",
-                           f"train.learning_rate={rate}")
-    # 2836 examples, 256 a batch: 12 steps an epoch; ckpt-12 is the end of the first epoch.
-    first = {name: _variables(str(run / "checkpoints" / "ckpt-12")) for name, run in (("one", one), ("two", two))}
+                           "train.learning_rate=0.01", f"train.batching={batching}", "train.sequence_length=8")
+    # The checkpoint at the end of the first epoch (positions: 2836 examples, 256 a batch, 12 steps).
+    steps = [json.loads((run / "history.json").read_text())["epochs"][0]["step"] for run in (one, two)]
+    assert steps[0] == steps[1] and (batching == "sequences" or steps[0] == 12)
+    first = {name: _variables(str(run / "checkpoints" / f"ckpt-{steps[0]}")) for name, run in (("one", one), ("two", two))}
     assert first["one"].keys() == first["two"].keys()
     worst = {k: float(np.max(np.abs(first["one"][k] - first["two"][k]), initial=0.0)) for k in first["one"]}
     assert max(worst.values()) <= 1e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
     assert any("embeddings" in k for k in worst)  # the tables were compared, not just the counters
     m1, m2 = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
-    assert m2["train"]["workers"] == 2 and m2["train"]["steps"] == m1["train"]["steps"] == 24
+    assert m2["train"]["workers"] == 2 and m2["train"]["steps"] == m1["train"]["steps"] == 2 * steps[0]
+    assert m2["train"]["batching"] == batching
     assert abs(m1["test"]["filtered"]["hr@50"] - m2["test"]["filtered"]["hr@50"]) <= 0.002
     # Only the chief wrote the run directory; worker 1's output went to its log.
     assert (two / "export" / "manifest.json").is_file() and (two / "logs" / "worker-1.log").is_file()
