@@ -171,22 +171,8 @@ def estimate(n: int, step_compute_s: float, local_batch: float, dense: float, sp
             "examples_per_sec": n * local_batch / step, "comm_share": comm / step}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/ml-1m.yaml")
-    ap.add_argument("--data", default=None, help="data.path override (default: the config's)")
-    ap.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
-    ap.add_argument("--synthetic", action="store_true", help="a tiny generated log instead (smoke test)")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--probe-steps", type=int, default=200)
-    ap.add_argument("--gbit", type=float, default=25.0)
-    ap.add_argument("--hop-latency", type=float, default=50e-6, help="seconds per ring hop of a collective")
-    ap.add_argument("--big-items", type=int, default=10_000_000)
-    ap.add_argument("--timeout", type=float, default=3600)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "distributed.json"))
-    args = ap.parse_args()
-
+def measure(args) -> dict:
+    """The three training runs and the gradient probe (see the module docstring)."""
     sets = list(SYNTHETIC if args.synthetic else []) + (["data.path=" + args.data] if args.data else []) + args.set
     timing_sets = sets + [f"train.epochs={args.epochs}", "train.early_stopping=null", "train.intra_op_threads=1"]
     with tempfile.TemporaryDirectory(prefix="recall-dist-bench-") as tmp:
@@ -199,11 +185,17 @@ def main() -> None:
                   f"{args.epochs} epochs ...", flush=True)
             runs.append(run_training(args.config, timing_sets, tmp / f"w{workers}{'c1' if one_core else ''}", workers,
                                      args.timeout, one_core))
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d"),
+            "config": args.config, "runs": runs, "probe": probe}
 
-    core, one, many = runs
-    print(f"\n{args.config}: examples/s (steady: median of epochs 2..), same global batch")
+
+def report(measured: dict, gbit: float, hop_s: float, big_items: int) -> dict:
+    """Print the three tables from measured runs and probe; → the estimates."""
+    core, one, many = measured["runs"]
+    probe, workers = measured["probe"], many["workers"]
+    print(f"\n{measured['config']}: examples/s (steady: median of epochs 2..), same global batch")
     print("| workers | cores | examples/s | vs 1 process | steps | wall s | test HR@50 |\n|---|---|---|---|---|---|---|")
-    for r in runs:
+    for r in measured["runs"]:
         print(f"| {r['workers']} | {r['cores']} | {r['examples_per_sec']:,.0f} | "
               f"{r['examples_per_sec'] / one['examples_per_sec']:.2f}× | {r['steps']} | {r['wall_s']} | "
               f"{r['test_hr@50']:.4f} |")
@@ -223,34 +215,61 @@ def main() -> None:
     # each worker of the N-worker run has here). The N-worker run's extra time per step is what its
     # collectives cost on loopback.
     step_s = b / core["examples_per_sec"]
-    many_step_s = args.workers * b / many["examples_per_sec"]
+    many_step_s = workers * b / many["examples_per_sec"]
+    overhead_s = max(many_step_s - step_s, 0.0)
     print(f"\nmeasured: {1e3 * step_s:.1f} ms of compute per step of {b:.0f} examples on one core; the "
-          f"{args.workers}-worker step takes {1e3 * many_step_s:.1f} ms ({1e3 * (many_step_s - step_s):+.1f} ms: "
+          f"{workers}-worker step takes {1e3 * many_step_s:.1f} ms ({1e3 * overhead_s:+.1f} ms: "
           f"the collectives over loopback gRPC)")
     # Worst case for a huge catalogue: every table read of a step a distinct row (labels, history reads,
     # candidates: rows_big ids + rows of D floats), and a bias row per label and candidate.
     rows_big = b * (1 + probe["max_history"]) + probe["num_sampled"]
     big_sparse = rows_big * (8 + 4 * probe["dim"]) + (b + probe["num_sampled"]) * 12
-    cases = {"ML-1M shape (measured rows)": probe["sparse_bytes"], f"{args.big_items:,} items (all ids distinct)": big_sparse}
+    cases = {"ML-1M shape (measured rows)": probe["sparse_bytes"], f"{big_items:,} items (all ids distinct)": big_sparse}
     estimates = {}
-    print(f"\nestimate: {args.gbit:g} Gbit/s, {args.hop_latency * 1e6:.0f} µs per hop, compute {1e3 * step_s:.1f} ms per "
-          f"step of {b:.0f} examples per worker (measured), no overlap")
-    print("| case | workers | MB in per worker-step | comm ms | step ms | examples/s | comm share |\n|---|---|---|---|---|---|---|")
+    print(f"\nestimate: {gbit:g} Gbit/s, compute {1e3 * step_s:.1f} ms per step of {b:.0f} examples per worker "
+          f"(measured), no overlap; latency either {hop_s * 1e6:.0f} µs per ring hop (a data-centre network) or "
+          f"this machine's loopback overhead ({1e3 * overhead_s:.1f} ms per step at {workers} workers) × (N−1)")
+    print("| case | latency | workers | MB in per worker-step | comm ms | step ms | examples/s | comm share |\n"
+          "|---|---|---|---|---|---|---|---|")
     for case, sparse in cases.items():
-        for n in (args.workers, 8, 32):
-            e = estimate(n, step_s, b, probe["dense_bytes"], sparse, probe["label_bytes"], len(probe["sparse"]),
-                         args.gbit, args.hop_latency)
-            estimates.setdefault(case, []).append(e)
-            print(f"| {case} | {n} | {e['bytes_per_step'] / 1e6:.2f} | {e['comm_ms']:.2f} | {e['step_ms']:.2f} "
-                  f"| {e['examples_per_sec']:,.0f} | {100 * e['comm_share']:.0f} % |")
+        for latency, per_hop in (("per hop", hop_s), ("loopback", None)):
+            for n in (workers, 8, 32):
+                e = estimate(n, step_s, b, probe["dense_bytes"], sparse, probe["label_bytes"], len(probe["sparse"]),
+                             gbit, per_hop if per_hop is not None else 0.0)
+                if per_hop is None:  # the measured per-step overhead, growing with the ring's N−1 hops
+                    extra = overhead_s * (n - 1) / max(workers - 1, 1)
+                    e = {**e, "comm_ms": e["comm_ms"] + 1e3 * extra, "step_ms": e["step_ms"] + 1e3 * extra}
+                    e["examples_per_sec"] = n * b / (e["step_ms"] / 1e3)
+                    e["comm_share"] = e["comm_ms"] / e["step_ms"]
+                estimates.setdefault(f"{case}, {latency}", []).append(e)
+                print(f"| {case} | {latency} | {n} | {e['bytes_per_step'] / 1e6:.2f} | {e['comm_ms']:.2f} | "
+                      f"{e['step_ms']:.2f} | {e['examples_per_sec']:,.0f} | {100 * e['comm_share']:.0f} % |")
+    return {"estimates": estimates, "assumptions": {"gbit": gbit, "hop_latency_s": hop_s, "step_compute_s": step_s,
+                                                    "n_worker_step_s": many_step_s}}
 
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/ml-1m.yaml")
+    ap.add_argument("--data", default=None, help="data.path override (default: the config's)")
+    ap.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
+    ap.add_argument("--synthetic", action="store_true", help="a tiny generated log instead (smoke test)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--probe-steps", type=int, default=200)
+    ap.add_argument("--gbit", type=float, default=25.0)
+    ap.add_argument("--hop-latency", type=float, default=50e-6, help="seconds per ring hop of a collective")
+    ap.add_argument("--big-items", type=int, default=10_000_000)
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--from-json", default=None, help="reprint the tables and estimates of an earlier --out file")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "distributed.json"))
+    args = ap.parse_args()
+
+    measured = json.loads(Path(args.from_json).read_text()) if args.from_json else measure(args)
+    derived = report(measured, args.gbit, args.hop_latency, args.big_items)
     from recall.io import write_json
 
-    write_json(Path(args.out), {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                                "date": time.strftime("%Y-%m-%d"), "config": args.config, "runs": runs,
-                                "probe": probe, "estimates": estimates,
-                                "assumptions": {"gbit": args.gbit, "hop_latency_s": args.hop_latency,
-                                                "step_compute_s": step_s, "n_worker_step_s": many_step_s}})
+    write_json(Path(args.out), {**{k: measured[k] for k in ("command", "date", "config", "runs", "probe")}, **derived})
     print(f"\nwrote {args.out}")
 
 
