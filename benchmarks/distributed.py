@@ -74,8 +74,10 @@ def run_training(config: str, sets: list[str], run_dir: Path, workers: int, time
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); log: {log}\n" + log.read_text()[-2000:])
+    if code != 0:  # the logs live in a temporary directory: show their ends before it goes
+        tails = [f"--- {p}\n" + p.read_text(errors="replace")[-2000:]
+                 for p in [log, *sorted((run_dir / "logs").glob("*.log"))] if p.is_file()]
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {code})\n" + "\n".join(tails))
     history = json.loads((run_dir / "history.json").read_text())["epochs"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rates = [e["examples_per_sec"] for e in history if e.get("examples_per_sec")]
