@@ -22,6 +22,20 @@ def replica_slice(idx, num_replicas: int, replica: int):
     return idx[lo:hi]
 
 
+def _on_device(ctx, values):
+    """`values` as an int64 tensor placed on this replica's device (collectives need a device)."""
+    extended = ctx.strategy.extended
+    device = extended.worker_devices[0] if len(extended.worker_devices) == 1 else None
+    with tf.device(device):
+        return tf.identity(tf.cast(values, tf.int64))
+
+
+def global_sum(value):
+    """Inside `strategy.run`: an int64 scalar (this replica's rows) → its sum over every replica."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, _on_device(ctx, value))
+
+
 def gather_global_rows(values):
     """Inside `strategy.run`: this replica's rows `values` [r] → (every replica's rows concatenated in
     replica order [R_global] int64, offset of this replica's first row int64 scalar).
