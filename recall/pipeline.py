@@ -299,7 +299,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
     With a `TF_CONFIG` in the environment (distributed/cluster.py) this process is one worker of a
     data-parallel job (MultiWorkerMirroredStrategy): the chief (worker 0) trains and writes the run
     directory as above; another worker trains with it, writes nothing there, and returns
-    {"worker": index, "train": summary}.
+    {"worker": index, "train": summary}. With `data.shard_by_user` each worker reads, trains on and
+    evaluates only its share of the users (data/shards.py); the metrics are the job's (summed counts).
     """
     from recall.distributed.cluster import cluster_from_env
 

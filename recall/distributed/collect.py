@@ -71,7 +71,16 @@ class Collective(Exchange):
         return self._sum(np.asarray(values, np.int64).reshape(-1)).numpy()
 
     def gather(self, values) -> np.ndarray:
-        return self._gather(np.asarray(values, np.int64).reshape(-1)).numpy()
+        # Each worker's values go behind their length: an all-gather in which every worker sends nothing
+        # crashes TF 2.21's CPU collective (SIGSEGV), and the lengths split the result anyway.
+        values = np.asarray(values, np.int64).reshape(-1)
+        out = self._gather(np.r_[np.int64(len(values)), values]).numpy()
+        parts, at = [], 0
+        while at < len(out):
+            size = int(out[at])
+            parts.append(out[at + 1:at + 1 + size])
+            at += 1 + size
+        return np.concatenate(parts)
 
 
 def gather_ids(collective, ids) -> np.ndarray:

@@ -4,6 +4,10 @@ Every worker gets the same global batch of example (or chunk) indices, a pure fu
 epoch, step); replica r of R takes the r-th of R consecutive near-equal slices (`replica_slice`).
 The loss of a replica is normalised by the rows of the GLOBAL batch, so the gradients summed over
 replicas (the strategy's all-reduce) are the single-process gradients.
+
+With data.shard_by_user a worker holds only its users' examples and its batch is its own part of the
+global batch (training/loop.py `shard_epoch_order`): no slicing, and the global batch's rows are the
+sum of every replica's (`global_sum`).
 """
 
 from __future__ import annotations
