@@ -437,7 +437,7 @@ def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch
             with lost:
                 summary = fit(cfg, data, user, items, Path(scratch), on_epoch=on_epoch, worker=worker)
                 if collective is not None:  # the final evaluation's counts are summed with this worker's
-                    _final_metrics(cfg, data, user, items, summary, collective)
+                    _final_metrics(cfg, data, user, items, summary, collective, index_quality=False)
         return {"worker": cluster.index, "train": summary}
 
     from recall.data.vocabulary import write_vocabulary
@@ -474,12 +474,14 @@ def _set_threads(intra: int | None, inter: int | None) -> None:
                         "(set it before any TensorFlow work, or use the CLI)", name, value)
 
 
-def _final_metrics(cfg: Config, data: Data, user, items, summary: dict, collective=None) -> dict:
+def _final_metrics(cfg: Config, data: Data, user, items, summary: dict, collective=None,
+                   index_quality: bool = True) -> dict:
     """valid/test metrics, the most-popular baseline, the data's size and the index's quality.
 
     `collective` (a job sharded by user): this worker's users are evaluated and the counts summed over
     the workers (collective: every worker calls it), so the metrics are those of all users; the index
-    quality is measured on this worker's test queries (the chief's, in metrics.json)."""
+    quality is measured on this worker's test queries (the chief's, in metrics.json; a worker that
+    writes nothing skips it: `index_quality` false)."""
     from recall.evaluation.model_eval import (
         build_item_index,
         combine_counts,
@@ -507,6 +509,8 @@ def _final_metrics(cfg: Config, data: Data, user, items, summary: dict, collecti
     if data.workers is not None:
         out["data"]["workers"] = [dict(zip(("users", "train_interactions", "examples"), row))
                                   for row in data.workers.tolist()]
+    if not index_quality:
+        return out
     # Index recall against exact search (approximate factories) and queries/s, on the test queries.
     out["index"] = {"factory": ix.factory,
                     **evaluate_index(index, vectors, vectors_of["test"], data.test.seen, ks, batch_size=bs,
