@@ -70,6 +70,10 @@ class DataConfig(_Section):
     min_rating: float | None = Field(None, description="drop rows rated below this (explicit → implicit)")
     user_features: UserFeaturesConfig | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
+    shard_by_user: bool = Field(
+        False, description="with several workers: each reads, splits and trains only its share of the users "
+        "(a hash of the user id); item counts and evaluation counts are summed across workers (README "
+        "'Training on several machines'). No effect in one process")
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from recall.config import Config, best_metric, config_from_dict, dump_config
 from recall.data.examples import Examples, Queries, make_examples, make_queries
 from recall.data.features import UserFeatures, empty_features, encode_user_features
@@ -32,30 +34,57 @@ class Data:
     valid: Queries
     test: Queries
     features: UserFeatures
+    # data.shard_by_user on several workers: int64 [W, 3] — each worker's users, train interactions and
+    # examples (this Data holds row `index`'s); None when this process holds every user.
+    workers: np.ndarray | None = None
+
+    def totals(self) -> dict:
+        """The job's users, items, train interactions and examples (every worker's, when sharded)."""
+        s = self.split
+        users, interactions, examples = (self.workers.sum(axis=0).tolist() if self.workers is not None else
+                                         (s.num_users, int(s.train_indptr[-1]), len(self.examples)))
+        return {"users": int(users), "items": s.num_items, "train_interactions": int(interactions),
+                "examples": int(examples)}
 
 
-def load_interactions(cfg: Config):
-    """The interaction frame the config points at (built-in, file or synthetic)."""
+def load_interactions(cfg: Config, keep_users=None):
+    """The interaction frame the config points at (built-in, file or synthetic); with `keep_users`
+    (data/shards.py) only the rows of the users it keeps."""
     from recall.data.readers import builtin_dataset_path, read_interactions
 
     d = cfg.data
     if d.source == "synthetic":
         from recall.data.synthetic import synthesize
 
-        return synthesize(**d.synthetic.model_dump())
+        df = synthesize(**d.synthetic.model_dump())
+        return df if keep_users is None else df[keep_users(df["user_id"].to_numpy())].reset_index(drop=True)
     path = builtin_dataset_path(d.name) / "ratings.parquet" if d.source == "builtin" else d.path
     return read_interactions(path, fmt=d.format, delimiter=d.delimiter, columns=d.columns.model_dump(),
-                             min_rating=d.min_rating)
+                             min_rating=d.min_rating, keep_users=keep_users)
 
 
-def prepare_data(cfg: Config) -> Data:
-    """Interactions → split → examples and queries (all vectorised)."""
-    df = load_interactions(cfg)
-    split = leave_last_out(df)
+def prepare_data(cfg: Config, collective=None) -> Data:
+    """Interactions → split → examples and queries (all vectorised).
+
+    `collective` (a worker of a job with data.shard_by_user, distributed/collect.py): read and prepare
+    only this worker's users, in the vocabulary and time span the workers agree on (data/shards.py);
+    collective: every worker calls it. Without one (or shard_by_user false), every user.
+    """
+    sharded = collective is not None and cfg.data.shard_by_user
+    if sharded:
+        from recall.data.shards import keep_users, sharded_split
+
+        df = load_interactions(cfg, keep_users(collective.index, collective.num_workers))
+        split = sharded_split(df, collective)
+    else:
+        split = leave_last_out(load_interactions(cfg))
     if split.num_items < 2:
         raise RecallError("data: fewer than 2 distinct items in train; a retrieval model needs a catalogue")
     examples = make_examples(split, cfg.model.max_history, cfg.train.min_history, cfg.train.max_examples_per_user)
-    if len(examples) == 0:
+    workers = None
+    if sharded:  # each worker's share; a worker without examples is caught by the loop, on every worker
+        workers = collective.per_worker([split.num_users, int(split.train_indptr[-1]), len(examples)])
+    if (len(examples) if workers is None else workers[:, 2].sum()) == 0:
         raise RecallError("data: no training examples; lower train.min_history or give users longer histories")
     uf = cfg.data.user_features
     if uf is not None:  # no columns listed = every column but the key
@@ -65,10 +94,15 @@ def prepare_data(cfg: Config) -> Data:
         # export replays the raw ones through the served tower, which applies the prefix itself).
         table = read_user_features(uf.path, key=uf.key, columns=uf.columns)
         features = encode_user_features(table, split.user_ids, source=uf.path, prefix=uf.prefix)
+        if sharded:
+            from recall.data.shards import shared_feature_vocabularies
+
+            features = shared_feature_vocabularies(features, collective)
     else:
         features = empty_features(split.num_users)
     m = cfg.model.max_history
-    return Data(split, examples, make_queries(split, "valid", m), make_queries(split, "test", m), features)
+    return Data(split, examples, make_queries(split, "valid", m), make_queries(split, "test", m), features,
+                workers)
 
 
 def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
@@ -265,7 +299,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
     With a `TF_CONFIG` in the environment (distributed/cluster.py) this process is one worker of a
     data-parallel job (MultiWorkerMirroredStrategy): the chief (worker 0) trains and writes the run
     directory as above; another worker trains with it, writes nothing there, and returns
-    {"worker": index, "train": summary}.
+    {"worker": index, "train": summary}. With `data.shard_by_user` each worker reads, trains on and
+    evaluates only its share of the users (data/shards.py); the metrics are the job's (summed counts).
     """
     from recall.distributed.cluster import cluster_from_env
 
@@ -281,7 +316,20 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
         # export elsewhere compute as training did.
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"compute_dtype": resolve_compute_dtype("auto")})})
-    data = prepare_data(cfg)
+    job = None
+    if cluster is not None and cfg.data.shard_by_user:
+        # The workers agree on the vocabulary over the strategy's collectives, so the strategy comes
+        # first (and TensorFlow with it): its collective runtime is set up before TF runs any op.
+        from recall.distributed.cluster import make_strategy, peers_lost_as_error
+        from recall.distributed.collect import Collective
+
+        _set_threads(cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+        strategy = make_strategy()
+        job = (strategy, Collective(strategy, cluster.index))
+        with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
+            data = prepare_data(cfg, job[1])
+    else:
+        data = prepare_data(cfg)
     s = data.split
     # Checked before the run directory is created: a config.yaml left by a refused run would make
     # the corrected rerun fail _check_run_dir ("holds a run with a different 'loss' section").
@@ -305,7 +353,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
 
     _set_threads(cfg.train.intra_op_threads, cfg.train.inter_op_threads)  # before TF runs its first op
     if cluster is not None:
-        return _train_distributed(cfg, data, run_dir, cluster, on_epoch)
+        return _train_distributed(cfg, data, run_dir, cluster, on_epoch, job)
     warm = None
     if cfg.warm_start is not None and tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is None:
         from recall.warm_start import prepare_warm_start, read_parent
@@ -328,13 +376,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, on_epoch=None) -> dict
         return _finish(cfg, data, user, items, summary, run_dir, lineage(cfg, run_dir))
 
 
-def _finish(cfg: Config, data: Data, user, items, summary: dict, run_dir: Path, lineage_record) -> dict:
-    """After training: test metrics, the export (with its parity check), metrics.json, TensorBoard, report."""
+def _finish(cfg: Config, data: Data, user, items, summary: dict, run_dir: Path, lineage_record,
+            metrics: dict | None = None) -> dict:
+    """After training: test metrics (unless given), the export (with its parity check), metrics.json,
+    TensorBoard, report."""
     from recall.bundle import export_bundle
     from recall.evaluation.parity import ParityError
     from recall.report import write_report
 
-    metrics = _final_metrics(cfg, data, user, items, summary)
+    metrics = _final_metrics(cfg, data, user, items, summary) if metrics is None else metrics
     metrics["lineage"] = lineage_record
     try:
         metrics["export_parity"] = export_bundle(cfg, data, user, items, run_dir / "export")
@@ -358,25 +408,36 @@ def check_distributed_config(cfg: Config, num_workers: int) -> None:
         raise RecallError(f"warm_start: not supported with several workers yet; {how}")
 
 
-def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch=None) -> dict:
-    """`train` as one worker of a MultiWorkerMirroredStrategy job (see `train`)."""
+def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch=None, job=None) -> dict:
+    """`train` as one worker of a MultiWorkerMirroredStrategy job (see `train`). `job`: (strategy,
+    collective) when data.shard_by_user made them before the data was prepared."""
     import tempfile
 
     from recall.distributed.cluster import make_strategy, peers_lost_as_error
     from recall.training.loop import Worker, fit
 
-    strategy = make_strategy()  # before any TensorFlow op: it configures the collective runtime
+    # Made here, unless sharding made it first: before any TensorFlow op, it sets up the collective runtime.
+    strategy, collective = job if job is not None else (make_strategy(), None)
     s = data.split
-    log.info("worker %d of %d: data: %d users, %d items, %d examples", cluster.index, cluster.num_workers,
-             s.num_users, s.num_items, len(data.examples))
-    worker = Worker(strategy, cluster.index, run_dir)
+    if data.workers is not None:
+        users, interactions, examples = data.workers[cluster.index].tolist()
+        print(f"worker {cluster.index} of {cluster.num_workers}: data.shard_by_user: {users} of "
+              f"{int(data.workers[:, 0].sum())} users, {interactions} train interactions, {examples} examples; "
+              f"{s.num_items} items", flush=True)
+    else:
+        log.info("worker %d of %d: data: %d users, %d items, %d examples", cluster.index, cluster.num_workers,
+                 s.num_users, s.num_items, len(data.examples))
+    worker = Worker(strategy, cluster.index, run_dir, collective)
+    lost = peers_lost_as_error(cluster.index, cluster.num_workers, run_dir)
     if not cluster.is_chief:
         # Scratch for what every worker must write but only the chief's counts (checkpoints, history).
         with tempfile.TemporaryDirectory(prefix=f"recall-worker{cluster.index}-") as scratch:
             with strategy.scope():
                 user, items = build_model(cfg, s.num_items, data.features.sizes)
-            with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
+            with lost:
                 summary = fit(cfg, data, user, items, Path(scratch), on_epoch=on_epoch, worker=worker)
+                if collective is not None:  # the final evaluation's counts are summed with this worker's
+                    _final_metrics(cfg, data, user, items, summary, collective, index_quality=False)
         return {"worker": cluster.index, "train": summary}
 
     from recall.data.vocabulary import write_vocabulary
@@ -386,10 +447,11 @@ def _train_distributed(cfg: Config, data: Data, run_dir: Path, cluster, on_epoch
         write_vocabulary(run_dir / "vocabulary", s.item_ids, data.features)
         with strategy.scope():
             user, items = build_model(cfg, s.num_items, data.features.sizes)
-        with peers_lost_as_error(cluster.index, cluster.num_workers, run_dir):
+        with lost:
             summary = fit(cfg, data, user, items, run_dir, on_epoch=on_epoch, worker=worker)
-        summary["workers"] = cluster.num_workers
-        return _finish(cfg, data, user, items, summary, run_dir, None)
+            summary["workers"] = cluster.num_workers
+            metrics = _final_metrics(cfg, data, user, items, summary, collective)
+        return _finish(cfg, data, user, items, summary, run_dir, None, metrics)
 
 
 def _set_threads(intra: int | None, inter: int | None) -> None:
@@ -412,9 +474,21 @@ def _set_threads(intra: int | None, inter: int | None) -> None:
                         "(set it before any TensorFlow work, or use the CLI)", name, value)
 
 
-def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
-    from recall.evaluation.model_eval import build_item_index, evaluate_index, queries_for
-    from recall.evaluation.protocol import evaluate_popularity, evaluate_queries
+def _final_metrics(cfg: Config, data: Data, user, items, summary: dict, collective=None,
+                   index_quality: bool = True) -> dict:
+    """valid/test metrics, the most-popular baseline, the data's size and the index's quality.
+
+    `collective` (a job sharded by user): this worker's users are evaluated and the counts summed over
+    the workers (collective: every worker calls it), so the metrics are those of all users; the index
+    quality is measured on this worker's test queries (the chief's, in metrics.json; a worker that
+    writes nothing skips it: `index_quality` false)."""
+    from recall.evaluation.model_eval import (
+        build_item_index,
+        combine_counts,
+        evaluate_index,
+        queries_for,
+    )
+    from recall.evaluation.protocol import counts_metrics, popularity_counts, query_counts
 
     ks, ix, counts, bs = cfg.eval.ks, cfg.index, data.split.item_counts, cfg.eval.batch_size
     # One index serves both splits and the index-quality measurement, so HR@K and index recall
@@ -424,13 +498,19 @@ def _final_metrics(cfg: Config, data: Data, user, items, summary: dict) -> dict:
     for name, queries in (("valid", data.valid), ("test", data.test)):
         t0 = time.perf_counter()
         q = queries_for(user, queries, data.features.codes, with_bias, bs, cfg.eval.query_age)
-        out[name] = evaluate_queries(index, q, queries.targets, queries.seen, ks, batch_size=bs, item_counts=counts)
+        local = query_counts(index, q, queries.targets, queries.seen, ks, batch_size=bs, item_counts=counts)
+        out[name] = counts_metrics(combine_counts(local, collective), ks, counts)
         out[name]["seconds"] = round(time.perf_counter() - t0, 3)
         vectors_of[name] = q
-    out["most_popular"] = {"test": evaluate_popularity(data.test.targets, data.test.seen, ks, item_counts=counts)}
+    popular = popularity_counts(data.test.targets, data.test.seen, ks, item_counts=counts)
+    out["most_popular"] = {"test": counts_metrics(combine_counts(popular, collective), ks, counts)}
     out["train"] = summary
-    out["data"] = {"users": data.split.num_users, "items": data.split.num_items,
-                   "train_interactions": int(data.split.train_indptr[-1]), "examples": len(data.examples)}
+    out["data"] = data.totals()
+    if data.workers is not None:
+        out["data"]["workers"] = [dict(zip(("users", "train_interactions", "examples"), row))
+                                  for row in data.workers.tolist()]
+    if not index_quality:
+        return out
     # Index recall against exact search (approximate factories) and queries/s, on the test queries.
     out["index"] = {"factory": ix.factory,
                     **evaluate_index(index, vectors, vectors_of["test"], data.test.seen, ks, batch_size=bs,

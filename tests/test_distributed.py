@@ -1,5 +1,8 @@
 """Data-parallel training (MultiWorkerMirroredStrategy): 2 local workers train what 1 process trains.
 
+(And with data.shard_by_user, where each worker holds only its users: the same vocabulary and exactly
+the same metrics for the same weights, not the same training — see the sharded test.)
+
 Both runs take the same global batch (train.batch_size), the same epoch order and the same negatives
 (stateless samplers keyed on (seed, step); in_batch: the global batch's labels, all-gathered), in
 deterministic mode. Each worker's loss is normalised by the global batch, so the all-reduced gradient
@@ -114,6 +117,45 @@ def test_two_workers_train_what_one_process_trains(tmp_path, sampler, optimizer,
     assert abs(m1["test"]["filtered"]["hr@50"] - m2["test"]["filtered"]["hr@50"]) <= 0.002
     # Only the chief wrote the run directory; worker 1's output went to its log.
     assert (two / "export" / "manifest.json").is_file() and (two / "logs" / "worker-1.log").is_file()
+
+
+def test_two_workers_sharded_by_user_hold_their_users_and_report_the_single_process_metrics(tmp_path):
+    """data.shard_by_user: each worker reads only its users (by hash), the vocabulary is the one a single
+    process builds, and the job's metrics are exactly those one process computes for the same weights."""
+    import recall
+    from recall.data.shards import user_worker
+    from recall.pipeline import _final_metrics, load_run, prepare_data
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    sets = ["data.shard_by_user=true", "train.epochs=1", "train.batching=sequences", "train.sequence_length=8",
+            "loss.sampler=in_batch"]
+    run = tmp_path / "sharded"
+    code = _run([str(config), *[a for o in sets for a in ("--set", o)], "--run-dir", str(run), "--workers", "2"],
+                tmp_path / "sharded.log")
+    text = (tmp_path / "sharded.log").read_text(errors="replace")
+    worker_log = (run / "logs" / "worker-1.log").read_text(errors="replace") if (run / "logs").exists() else ""
+    if code != 0 and "epoch 1/" not in text + worker_log:
+        pytest.skip(f"a 2-worker cluster on loopback did not start within {JOB_TIMEOUT} s (exit {code})")
+    assert code == 0, text[-3000:] + worker_log[-2000:]
+
+    whole = prepare_data(recall.load_config(config, sets)).split  # one process: every user
+    owner = np.bincount(user_worker(whole.user_ids, 2), minlength=2)
+    metrics = json.loads((run / "metrics.json").read_text())
+    workers = metrics["data"]["workers"]
+    assert [w["users"] for w in workers] == owner.tolist()  # each held exactly the users hashed to it ...
+    assert f"worker 1 of 2: data.shard_by_user: {owner[1]} of {whole.num_users} users" in worker_log
+    assert sum(w["train_interactions"] for w in workers) == int(whole.train_indptr[-1])  # ... and only theirs
+    assert metrics["data"]["users"] == whole.num_users and metrics["train"]["workers"] == 2
+    np.testing.assert_array_equal(np.load(run / "vocabulary" / "item_ids.npy"), whole.item_ids)
+    assert (run / "export" / "manifest.json").is_file()
+    # The best weights evaluated by one process over every user: the same numbers, exactly.
+    cfg, data, user, items = load_run(run)
+    again = _final_metrics(cfg, data, user, items, {})
+    for split in ("valid", "test"):
+        for variant in ("filtered", "unfiltered", "by_popularity"):
+            assert again[split][variant] == metrics[split][variant], (split, variant)
+    assert again["most_popular"] == metrics["most_popular"]
 
 
 def _start_workers(tmp_path: Path, args: list[str], tag: str) -> list[tuple[subprocess.Popen, Path]]:

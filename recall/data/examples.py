@@ -57,21 +57,25 @@ def make_examples(
         label_pos=rows.astype(np.int64),
         hist_len=np.minimum(position[rows], max_history).astype(np.int32),
         user=user[rows],
-        age=example_age(split.train_times[rows], split.train_times),
+        age=example_age(split.train_times[rows], split.train_span),
         weight=None if split.train_weights is None else split.train_weights[rows],
     )
 
 
-def example_age(times: np.ndarray, train_times: np.ndarray) -> np.ndarray:
+def example_age(times: np.ndarray, span) -> np.ndarray:
     """Covington et al.'s example age: (newest train time − t) / train time span, clipped to [0, 1].
 
     times int64 [R] → float32 [R]; 0 = the end of the training window (what serving uses: "now").
+    `span`: (first, last) train timestamp (`Split.train_span`; None = no train rows: all 0), or the
+    train timestamps themselves (int64 [T]).
     """
-    if len(train_times) == 0:
+    if span is not None and not isinstance(span, tuple):
+        span = (int(np.min(span)), int(np.max(span))) if len(span) else None
+    if span is None:
         return np.zeros(len(times), np.float32)
-    t_min, t_max = int(train_times.min()), int(train_times.max())
-    span = max(t_max - t_min, 1)
-    return np.clip((t_max - np.asarray(times, np.int64)) / span, 0.0, 1.0).astype(np.float32)
+    t_min, t_max = span
+    width = max(t_max - t_min, 1)
+    return np.clip((t_max - np.asarray(times, np.int64)) / width, 0.0, 1.0).astype(np.float32)
 
 
 def history_matrix(seq: np.ndarray, end: np.ndarray, length: np.ndarray, max_history: int) -> np.ndarray:
@@ -126,4 +130,4 @@ def make_queries(split: Split, which: str, max_history: int) -> Queries:
     lengths = np.diff(indptr)
     history = history_matrix(seq, indptr[1:], np.minimum(lengths, max_history), max_history)
     return Queries(history=history, targets=targets.astype(np.int32), seen=(indptr, seq.astype(np.int64)),
-                   age=example_age(last_time, split.train_times))
+                   age=example_age(last_time, split.train_span))

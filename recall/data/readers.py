@@ -60,21 +60,29 @@ def read_interactions(
     delimiter: str | None = None,
     columns: dict | None = None,
     min_rating: float | None = None,
+    keep_users=None,
 ) -> pd.DataFrame:
     """Interactions as a frame with columns user_id, item_id, timestamp (+ rating when the file has one).
 
-    `path` is a file or a folder holding ratings.parquet, ratings.csv or ratings.dat (first found).
+    `path` is a file or a folder holding ratings.parquet, ratings.csv or ratings.dat (first found), or
+    else a folder of Parquet shards (every `*.parquet` / `*.pq` under it, names starting with `.` or `_`
+    skipped, read in sorted path order, all with the same columns).
     `fmt` is auto (by suffix), parquet, csv or movielens (ratings.dat, or ratings.csv by suffix).
     `columns` maps user/item/timestamp/rating to the file's column names. Rows rated below
     `min_rating` are dropped; exact duplicate (user, item, timestamp) rows are dropped with a warning.
+
+    `keep_users(user_ids [R]) → bool [R]` (a worker's share of users, data/shards.py): only the rows of
+    the users it keeps are returned. Parquet is read a batch of rows at a time and each batch filtered
+    before the next is read, so only the kept rows are held; CSV and .dat are read whole, then filtered.
     """
     names = {**DEFAULT_COLUMNS, "weight": None}
     for key, value in (columns or {}).items():
         if key not in names:
             raise RecallError(f"data.columns.{key}: unknown key; use one of {', '.join(names)}")
         names[key] = value
-    file = _resolve(path, ("ratings.parquet", "ratings.csv", "ratings.dat"), "data.path")
-    kind = _kind(file, fmt, _FORMAT_FIX)
+    shards = _parquet_shards(path, ("ratings.parquet", "ratings.csv", "ratings.dat"))
+    file = shards[0] if shards else _resolve(path, ("ratings.parquet", "ratings.csv", "ratings.dat"), "data.path")
+    kind = "parquet" if shards else _kind(file, fmt, _FORMAT_FIX)
     sep = _delimiter(file, delimiter) if kind == "csv" else None
     found = _header(file, kind, sep, _RATINGS_DAT, _FORMAT_FIX)
     if kind == "dat":  # fixed layout, no header: the configured names do not apply
@@ -91,28 +99,38 @@ def read_interactions(
             f"{names['rating']!r} (columns found: {_list(found)}); set data.columns.rating or remove data.min_rating"
         )
     usecols = list(dict.fromkeys([*col.values(), *([rating] if rating else []), *([weight] if weight else [])]))
-    raw = _load(file, kind, sep, usecols, _RATINGS_DAT, _FORMAT_FIX, as_text=False)
-    if raw.empty:
-        raise RecallError(f"{file}: no interactions (the file has no data rows); point data.path at a non-empty file")
-    df = pd.DataFrame({
-        "user_id": _ids(raw[col["user"]], file, col["user"], "user"),
-        "item_id": _ids(raw[col["item"]], file, col["item"], "item"),
-        "timestamp": _timestamps(raw[col["timestamp"]], file, col["timestamp"]),
-    })
-    if rating is not None:
-        df["rating"] = _ratings(raw[rating], file, rating)
-    if weight is not None:
-        df["weight"] = _weights(raw[weight], file, weight)
-    if min_rating is not None:
+
+    def frame(raw: pd.DataFrame, source: Path) -> pd.DataFrame:  # raw columns → the typed frame
+        df = pd.DataFrame({
+            "user_id": _ids(raw[col["user"]], source, col["user"], "user"),
+            "item_id": _ids(raw[col["item"]], source, col["item"], "item"),
+            "timestamp": _timestamps(raw[col["timestamp"]], source, col["timestamp"]),
+        })
+        if rating is not None:
+            df["rating"] = _ratings(raw[rating], source, rating)
+        if weight is not None:
+            df["weight"] = _weights(raw[weight], source, weight)
+        return df if keep_users is None else df[keep_users(df["user_id"].to_numpy())]
+
+    if kind == "parquet" and (shards or keep_users is not None):
+        df, rows = _read_parquet_rows(shards or [file], usecols, frame)
+    else:
+        raw = _load(file, kind, sep, usecols, _RATINGS_DAT, _FORMAT_FIX, as_text=False)
+        df, rows = frame(raw, file), len(raw)
+    source = path if shards else file
+    if rows == 0:
+        where = f"{path}: its Parquet shards hold" if shards else f"{file}: the file has"
+        raise RecallError(f"{where} no interactions (no data rows); point data.path at a non-empty log")
+    if min_rating is not None and not df.empty:
         lo, hi = df["rating"].min(), df["rating"].max()
         df = df[df["rating"] >= min_rating]
-        if df.empty:
+        if df.empty and keep_users is None:
             raise RecallError(
-                f"{file}: no rows left after min_rating={min_rating} (ratings range {lo:g}..{hi:g}); lower data.min_rating"
+                f"{source}: no rows left after min_rating={min_rating} (ratings range {lo:g}..{hi:g}); lower data.min_rating"
             )
     dup = df.duplicated(["user_id", "item_id", "timestamp"])
     if dup.any():
-        log.warning("%s: dropped %d duplicate rows (same user, item and timestamp)", file, int(dup.sum()))
+        log.warning("%s: dropped %d duplicate rows (same user, item and timestamp)", source, int(dup.sum()))
         df = df[~dup]
     return df.reset_index(drop=True)
 
@@ -181,6 +199,46 @@ def write_interactions(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 # --- locating and reading files -------------------------------------------------------------------
+
+
+def _parquet_shards(path: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """The Parquet files of a folder of shards ([] when `path` is a file, or a folder holding one of
+    `names`, which is read as before); a RecallError when the folder holds neither."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or any((p / name).is_file() for name in names):
+        return []
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".parquet", ".pq")
+                   and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+    if not files:
+        raise RecallError(f"{p}: the folder holds none of {', '.join(names)} and no Parquet shards (*.parquet); "
+                          "set data.path to the log file, or to a folder of Parquet files")
+    return files
+
+
+def _read_parquet_rows(files: list[Path], usecols: list[str], frame, batch_rows: int = 1 << 20):
+    """(the frames `frame(raw batch, file)` returns, concatenated; the rows read) over the Parquet
+    `files`, a batch of up to `batch_rows` rows at a time: only what `frame` keeps is held."""
+    parts, rows = [], 0
+    for file in files:
+        try:
+            reader = pq.ParquetFile(file)
+            missing = [c for c in usecols if c not in reader.schema_arrow.names]
+            if missing:
+                raise RecallError(f"{file}: no column {missing[0]!r} (columns found: {_list(reader.schema_arrow.names)}); "
+                                  "every Parquet shard needs the log's columns (data.columns)")
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=usecols):
+                raw = batch.to_pandas()
+                rows += len(raw)
+                parts.append(frame(raw, file))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise _unreadable(file, "parquet", e, _FORMAT_FIX) from None
+    if not parts:
+        return pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []}), 0
+    df = pd.concat(parts, ignore_index=True)
+    for c in ("user_id", "item_id"):  # batches typed apart (ints in one, text in another): all text
+        if df[c].dtype == object:
+            df[c] = df[c].astype(str)
+    return df, rows
 
 
 def _resolve(path: str | Path, names: tuple[str, ...], field: str) -> Path:

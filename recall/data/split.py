@@ -30,6 +30,9 @@ class Split:
     item_ids       [N]          raw item ids, internal id i ↔ item_ids[i]
     item_counts    int64 [N]    train frequency of each internal id (non-increasing)
     train_weights  float32 [T]  per-interaction sample weights (data.columns.weight), or None
+    time_span      (first, last) train timestamp of the whole log, the span example ages are measured
+                   in; None = those of train_times (a worker of a sharded job holds only its users'
+                   rows, and gets the job's span from the other workers: data/shards.py)
     """
 
     train_items: np.ndarray
@@ -42,6 +45,7 @@ class Split:
     item_ids: np.ndarray
     item_counts: np.ndarray
     train_weights: np.ndarray | None = None
+    time_span: tuple[int, int] | None = None
 
     @property
     def num_users(self) -> int:
@@ -54,6 +58,31 @@ class Split:
     @property
     def train_lengths(self) -> np.ndarray:
         return np.diff(self.train_indptr)
+
+    @property
+    def train_span(self) -> tuple[int, int] | None:
+        """(first, last) train timestamp that example ages are measured in; None without train rows."""
+        if self.time_span is not None:
+            return self.time_span
+        return (int(self.train_times.min()), int(self.train_times.max())) if len(self.train_times) else None
+
+
+@dataclass(frozen=True)
+class UserRows:
+    """The leave-last-out cut of a log in raw ids, before the vocabulary maps them (U users, T train rows).
+
+    user_ids [U], train_items [T] raw, train_times int64 [T], train_indptr int64 [U+1],
+    valid_items / test_items [U] raw, valid_times int64 [U], train_weights float32 [T] or None.
+    """
+
+    user_ids: np.ndarray
+    train_items: np.ndarray
+    train_times: np.ndarray
+    train_indptr: np.ndarray
+    valid_items: np.ndarray
+    valid_times: np.ndarray
+    test_items: np.ndarray
+    train_weights: np.ndarray | None = None
 
 
 def build_vocabulary(train_item_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,16 +97,26 @@ def leave_last_out(df: pd.DataFrame, min_interactions: int = 3) -> Split:
 
     Raises RecallError when no user has `min_interactions` interactions.
     """
+    rows = cut_users(df, min_interactions)
+    if rows is None:
+        raise RecallError(
+            f"data: no user has at least {min_interactions} interactions, so nothing can be split into "
+            "train/validation/test; check data.min_rating and the user/item columns"
+        )
+    return index_split(rows, *build_vocabulary(rows.train_items))
+
+
+def cut_users(df: pd.DataFrame, min_interactions: int = 3) -> UserRows | None:
+    """Per user (sorted by user id), ordered by (timestamp, item id): the last interaction → test, the
+    second-to-last → validation, the rest → train. Users with fewer than `min_interactions` are
+    dropped; None when none is left. Each user's cut depends on their own rows only."""
     df = df[["user_id", "item_id", "timestamp", *(["weight"] if "weight" in df else [])]].sort_values(
         ["user_id", "timestamp", "item_id"], kind="stable"
     )
     counts = df.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
     df = df[counts >= min_interactions]
     if df.empty:
-        raise RecallError(
-            f"data: no user has at least {min_interactions} interactions, so nothing can be split into "
-            "train/validation/test; check data.min_rating and the user/item columns"
-        )
+        return None
     users = df["user_id"].to_numpy()
     items = df["item_id"].to_numpy()
     times = df["timestamp"].to_numpy(np.int64)
@@ -89,22 +128,36 @@ def leave_last_out(df: pd.DataFrame, min_interactions: int = 3) -> Split:
     is_train = np.ones(len(users), dtype=bool)
     is_train[test_rows] = False
     is_train[valid_rows] = False
-
-    vocab_raw, vocab_counts = build_vocabulary(items[is_train])
-    to_internal = _lookup(vocab_raw)
-
     train_lengths = (ends - starts - 2).astype(np.int64)
-    return Split(
-        train_items=to_internal(items[is_train]).astype(np.int32),
+    return UserRows(
+        user_ids=users[starts],
+        train_items=items[is_train],
         train_times=times[is_train],
         train_indptr=np.r_[0, np.cumsum(train_lengths)].astype(np.int64),
-        valid_items=to_internal(items[valid_rows]).astype(np.int32),
+        valid_items=items[valid_rows],
         valid_times=times[valid_rows],
-        test_items=to_internal(items[test_rows]).astype(np.int32),
-        user_ids=users[starts],
-        item_ids=vocab_raw,
-        item_counts=vocab_counts,
+        test_items=items[test_rows],
         train_weights=df["weight"].to_numpy(np.float32)[is_train] if "weight" in df else None,
+    )
+
+
+def index_split(rows: UserRows, item_ids: np.ndarray, item_counts: np.ndarray,
+                time_span: tuple[int, int] | None = None) -> Split:
+    """`rows` in internal ids of the vocabulary `item_ids` [N] (frequency-sorted, `build_vocabulary`);
+    a validation or test item outside it becomes -1 (a miss)."""
+    to_internal = _lookup(item_ids)
+    return Split(
+        train_items=to_internal(rows.train_items).astype(np.int32),
+        train_times=rows.train_times,
+        train_indptr=rows.train_indptr,
+        valid_items=to_internal(rows.valid_items).astype(np.int32),
+        valid_times=rows.valid_times,
+        test_items=to_internal(rows.test_items).astype(np.int32),
+        user_ids=rows.user_ids,
+        item_ids=item_ids,
+        item_counts=item_counts,
+        train_weights=rows.train_weights,
+        time_span=time_span,
     )
 
 

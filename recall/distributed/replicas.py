@@ -4,6 +4,10 @@ Every worker gets the same global batch of example (or chunk) indices, a pure fu
 epoch, step); replica r of R takes the r-th of R consecutive near-equal slices (`replica_slice`).
 The loss of a replica is normalised by the rows of the GLOBAL batch, so the gradients summed over
 replicas (the strategy's all-reduce) are the single-process gradients.
+
+With data.shard_by_user a worker holds only its users' examples and its batch is its own part of the
+global batch (training/loop.py `shard_epoch_order`): no slicing, and the global batch's rows are the
+sum of every replica's (`global_sum`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,20 @@ def replica_slice(idx, num_replicas: int, replica: int):
     """idx [B] (static B) → this replica's slice [hi - lo] of it."""
     lo, hi = slice_bounds(int(idx.shape[0]), num_replicas, replica)
     return idx[lo:hi]
+
+
+def _on_device(ctx, values):
+    """`values` as an int64 tensor placed on this replica's device (collectives need a device)."""
+    extended = ctx.strategy.extended
+    device = extended.worker_devices[0] if len(extended.worker_devices) == 1 else None
+    with tf.device(device):
+        return tf.identity(tf.cast(values, tf.int64))
+
+
+def global_sum(value):
+    """Inside `strategy.run`: an int64 scalar (this replica's rows) → its sum over every replica."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, _on_device(ctx, value))
 
 
 def gather_global_rows(values):

@@ -42,6 +42,43 @@ def target_ranks(topk_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(found, hits.argmax(axis=1), depth).astype(np.int64)
 
 
+def rank_counts(ranks: np.ndarray, depth: int) -> np.ndarray:
+    """How many queries ranked their target at each position: int64 `[depth + 1]`, entry r < depth
+    counts rank r, the last entry the misses (any rank ≥ depth: out of the list, MISS_RANK).
+
+    Counts of disjoint query sets add up, so every metric below is a function of the summed
+    counts: several workers' users give exactly the metrics of one process over all of them.
+    """
+    ranks = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    return np.bincount(np.minimum(ranks, depth), minlength=depth + 1).astype(np.int64)
+
+
+def metrics_from_counts(counts: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """HR@K, Recall@K, NDCG@K and MRR@K for every K in `ks` (each ≤ depth), plus "count", from
+    `rank_counts(ranks, depth)` int64 [depth + 1]. With no queries every metric is 0.0."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    depth = counts.shape[0] - 1
+    if ks and max(ks) > depth:
+        raise ValueError(f"K={max(ks)} is deeper than the rank counts ({depth} positions)")
+    total = int(counts.sum())
+    positions = np.arange(depth, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hits = counts[:k]
+        if total == 0:
+            hr = ndcg = mrr = 0.0
+        else:
+            hr = float(hits.sum() / total)
+            ndcg = float((hits * (1.0 / np.log2(positions[:k] + 2.0))).sum() / total)
+            mrr = float((hits * (1.0 / (positions[:k] + 1.0))).sum() / total)
+        out[f"hr@{k}"] = hr
+        out[f"recall@{k}"] = hr  # one relevant item per query: recall = hit rate
+        out[f"ndcg@{k}"] = ndcg
+        out[f"mrr@{k}"] = mrr
+    out["count"] = total
+    return out
+
+
 def ranking_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     """HR@K, Recall@K, NDCG@K and MRR@K for every K in `ks`, averaged over queries, plus "count".
 
@@ -50,26 +87,10 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     `ranks` `[Q]` come from `target_ranks` (miss = search depth) or `popularity_ranks`
     (miss = MISS_RANK); either way a miss fails `rank < K` for every K up to the search depth,
     so callers must search at least max(ks) deep. With no queries every metric is 0.0.
+    Computed from `rank_counts`, as the sharded evaluation is (exactly the same numbers).
     """
-    ranks = np.asarray(ranks, dtype=np.int64).reshape(-1)
-    count = int(ranks.shape[0])
-    out: dict[str, float] = {}
-    # float64 before adding 2: ranks can be MISS_RANK and only hits use the value anyway.
-    positions = ranks.astype(np.float64)
-    for k in ks:
-        hit = ranks < k
-        if count == 0:
-            hr = ndcg = mrr = 0.0
-        else:
-            hr = float(hit.mean())
-            ndcg = float(np.where(hit, 1.0 / np.log2(positions + 2.0), 0.0).mean())
-            mrr = float(np.where(hit, 1.0 / (positions + 1.0), 0.0).mean())
-        out[f"hr@{k}"] = hr
-        out[f"recall@{k}"] = hr  # one relevant item per query: recall = hit rate
-        out[f"ndcg@{k}"] = ndcg
-        out[f"mrr@{k}"] = mrr
-    out["count"] = count
-    return out
+    depth = int(max(ks)) if len(ks) else 0
+    return metrics_from_counts(rank_counts(ranks, depth), ks)
 
 
 def coverage(topk_ids: np.ndarray, num_items: int, ks: Sequence[int]) -> dict[str, float]:
@@ -83,12 +104,27 @@ def coverage(topk_ids: np.ndarray, num_items: int, ks: Sequence[int]) -> dict[st
     topk_ids = np.asarray(topk_ids, dtype=np.int64)
     if topk_ids.ndim != 2 or topk_ids.shape[1] < max(ks):
         raise ValueError(f"topk_ids must be [Q, >= {max(ks)}], got shape {topk_ids.shape}")
-    out = {}
-    for k in ks:
-        top = topk_ids[:, :k]
-        reached = np.unique(top[(top >= 0) & (top < num_items)])
-        out[f"coverage@{k}"] = float(reached.size / num_items) if num_items > 0 else 0.0
-    return out
+    return coverage_from_first(first_positions(topk_ids, num_items), ks)
+
+
+def first_positions(topk_ids: np.ndarray, num_items: int) -> np.ndarray:
+    """The best position at which each item appears in any row of `topk_ids` `[Q, depth]`:
+    int64 `[num_items]`, `depth` for an item no row returns. Over several query sets the element-wise
+    minimum combines them (coverage of the union)."""
+    topk_ids = np.asarray(topk_ids, dtype=np.int64)
+    depth = topk_ids.shape[1] if topk_ids.ndim == 2 else 0
+    first = np.full(num_items, depth, np.int64)
+    for col in range(depth - 1, -1, -1):  # deepest first: the best position is written last
+        ids = topk_ids[:, col]
+        first[ids[(ids >= 0) & (ids < num_items)]] = col
+    return first
+
+
+def coverage_from_first(first: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """`{"coverage@K"}` from `first_positions` [N]: the share of items first returned above K."""
+    first = np.asarray(first, dtype=np.int64)
+    n = first.shape[0]
+    return {f"coverage@{k}": float(np.count_nonzero(first < k) / n) if n > 0 else 0.0 for k in ks}
 
 
 # Query buckets by the training popularity of the target; "oov" = target outside the vocabulary.
@@ -150,14 +186,25 @@ def metrics_by_popularity(
     "tail": ..., "oov": ...}` ("oov" queries always miss; its "items" is 0). Buckets are
     defined by `popularity_boundaries(item_counts)`; counts sum to Q.
     """
+    depth = int(max(ks)) if len(ks) else 0
+    return metrics_by_popularity_counts(bucket_rank_counts(ranks, targets, item_counts, depth), item_counts, ks)
+
+
+def bucket_rank_counts(ranks: np.ndarray, targets: np.ndarray, item_counts: np.ndarray, depth: int) -> np.ndarray:
+    """`rank_counts` of the queries of each popularity bucket (BUCKETS order): int64 `[4, depth + 1]`."""
     ranks = np.asarray(ranks, dtype=np.int64).reshape(-1)
-    h, t = popularity_boundaries(item_counts)
-    bucket = popularity_buckets(targets, (h, t))
+    bucket = popularity_buckets(targets, popularity_boundaries(item_counts))
     if bucket.shape != ranks.shape:
         raise ValueError(f"ranks {ranks.shape} and targets {bucket.shape} must have the same length")
+    return np.stack([rank_counts(ranks[bucket == b], depth) for b in range(len(BUCKETS))])
+
+
+def metrics_by_popularity_counts(counts: np.ndarray, item_counts: np.ndarray,
+                                 ks: Sequence[int]) -> dict[str, dict[str, float]]:
+    """`metrics_by_popularity` from `bucket_rank_counts` int64 [4, depth + 1]."""
+    h, t = popularity_boundaries(item_counts)
     sizes = {"head": h, "torso": t - h, "tail": len(item_counts) - t, "oov": 0}
-    return {name: {**ranking_metrics(ranks[bucket == b], ks), "items": sizes[name]}
-            for b, name in enumerate(BUCKETS)}
+    return {name: {**metrics_from_counts(counts[b], ks), "items": sizes[name]} for b, name in enumerate(BUCKETS)}
 
 
 def popularity_ranks(

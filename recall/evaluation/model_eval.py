@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from recall.data.examples import Queries
 from recall.evaluation.index_quality import index_quality, is_exact, search_params
-from recall.evaluation.protocol import evaluate_queries
+from recall.evaluation.protocol import EvalCounts, counts_metrics, query_counts
 from recall.index import build_index, fold_bias, fold_query
 
 
@@ -69,15 +69,28 @@ def queries_for(user_tower, queries: Queries, user_codes: np.ndarray, with_bias:
 
 def evaluate_towers(user_tower, item_tower, queries: Queries, user_codes: np.ndarray, ks: list[int],
                     factory: str = "Flat", nprobe: int | None = None, ef_search: int | None = None,
-                    batch_size: int = 4096, query_age: str = "zero", item_counts: np.ndarray | None = None) -> dict:
+                    batch_size: int = 4096, query_age: str = "zero", item_counts: np.ndarray | None = None,
+                    collective=None) -> dict:
     """{"filtered": {...}, "unfiltered": {...}} for the given queries under the DESIGN.md protocol.
 
     item_counts: training frequency per item [N]; adds "by_popularity" (see evaluate_queries).
+    collective (a worker of a job sharded by user, distributed/collect.py): `queries` are this worker's
+    users'; their counts are combined with every other worker's, so every worker returns the metrics
+    of all users (collective: every worker calls it).
     """
     index, _, with_bias = build_item_index(item_tower, factory, nprobe, ef_search)
     q = queries_for(user_tower, queries, user_codes, with_bias, batch_size, query_age)
-    return evaluate_queries(index, q, queries.targets, queries.seen, ks, batch_size=batch_size,
-                            item_counts=item_counts)
+    counts = query_counts(index, q, queries.targets, queries.seen, ks, batch_size=batch_size,
+                          item_counts=item_counts)
+    return counts_metrics(combine_counts(counts, collective), ks, item_counts)
+
+
+def combine_counts(counts: EvalCounts, collective=None) -> EvalCounts:
+    """The job's counts from this worker's (unchanged without a collective): the summable parts summed
+    over the workers, the items reached gathered (evaluation/protocol.py EvalCounts)."""
+    if collective is None:
+        return counts
+    return counts.combined(collective.sum(counts.sums()), collective.gather(counts.reached()))
 
 
 def evaluate_index(index, items: np.ndarray, q: np.ndarray, seen, ks: list[int], batch_size: int = 4096,

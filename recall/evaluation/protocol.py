@@ -6,25 +6,137 @@ those whose target is outside the vocabulary (target < 0), which are misses.
 
 Each variant also reports catalogue coverage@K; with the training item counts, the filtered
 metrics are broken down by the target's popularity bucket (see `metrics.popularity_boundaries`).
+
+Every number is a function of `EvalCounts` — how many queries ranked their target at each position,
+and the best position each item was returned at — which add up over disjoint sets of queries: the
+workers of a job sharded by user each count their own users and sum the counts
+(distributed/collect.py), and the metrics are exactly those of one process over all users.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from recall.evaluation.metrics import (
-    coverage,
-    metrics_by_popularity,
+    bucket_rank_counts,
+    coverage_from_first,
+    first_positions,
+    metrics_by_popularity_counts,
+    metrics_from_counts,
     popularity_ranks,
-    ranking_metrics,
+    rank_counts,
     target_ranks,
 )
 from recall.index import search
 
 VARIANTS = ("filtered", "unfiltered")
+
+
+@dataclass(frozen=True)
+class EvalCounts:
+    """What a set of queries contributes to the metrics, in integers that add up over disjoint sets.
+
+    ranks    {variant: int64 [depth + 1]}  `metrics.rank_counts` of the queries' target ranks
+    buckets  int64 [4, depth + 1] or None  the filtered ones per popularity bucket (with item counts)
+    first    {variant: int64 [N]} or None  `metrics.first_positions`: best position each item was
+             returned at (depth = never), for coverage; None for the popularity baseline
+    """
+
+    ranks: dict[str, np.ndarray]
+    buckets: np.ndarray | None = None
+    first: dict[str, np.ndarray] | None = None
+
+    def sums(self) -> np.ndarray:
+        """The parts that add up (rank counts, bucket counts) as one int64 vector."""
+        parts = [self.ranks[v] for v in VARIANTS] + ([self.buckets.reshape(-1)] if self.buckets is not None else [])
+        return np.concatenate(parts).astype(np.int64)
+
+    def reached(self) -> np.ndarray:
+        """The items returned (variant, item, best position), each coded as one int64: the part that
+        combines by minimum, sent as the list of items reached (most of a large catalogue is not)."""
+        if self.first is None:
+            return np.zeros(0, np.int64)
+        depth = len(self.ranks[VARIANTS[0]]) - 1
+        n = len(self.first[VARIANTS[0]])
+        out = []
+        for v, variant in enumerate(VARIANTS):
+            items = np.flatnonzero(self.first[variant] < depth)
+            out.append((v * n + items) * (depth + 1) + self.first[variant][items])
+        return np.concatenate(out).astype(np.int64)
+
+    def combined(self, sums: np.ndarray, reached: np.ndarray) -> EvalCounts:
+        """The counts of the union of query sets, given their `sums()` summed and their `reached()`
+        concatenated (in any order: minimum and sum do not care)."""
+        depth = len(self.ranks[VARIANTS[0]]) - 1
+        ranks = {v: sums[i * (depth + 1):(i + 1) * (depth + 1)] for i, v in enumerate(VARIANTS)}
+        buckets = None if self.buckets is None else sums[2 * (depth + 1):].reshape(self.buckets.shape)
+        first = None
+        if self.first is not None:
+            n = len(self.first[VARIANTS[0]])
+            code, position = np.divmod(np.asarray(reached, np.int64), depth + 1)
+            variant, item = np.divmod(code, n)
+            first = {}
+            for v, name in enumerate(VARIANTS):
+                first[name] = np.full(n, depth, np.int64)
+                np.minimum.at(first[name], item[variant == v], position[variant == v])
+        return EvalCounts(ranks, buckets, first)
+
+
+def merge_counts(parts: Sequence[EvalCounts]) -> EvalCounts:
+    """The counts of several disjoint query sets together (what the workers' collectives compute)."""
+    return parts[0].combined(np.sum([p.sums() for p in parts], axis=0), np.concatenate([p.reached() for p in parts]))
+
+
+def query_counts(
+    index: faiss.Index,
+    queries: np.ndarray,
+    targets: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    ks: Sequence[int],
+    batch_size: int = 4096,
+    item_counts: np.ndarray | None = None,
+) -> EvalCounts:
+    """The `EvalCounts` of a model's queries against its item index (arguments as `evaluate_queries`)."""
+    depth = _depth(ks)
+    ranks, first, buckets = {}, {}, None
+    for variant, exclude in (("filtered", seen), ("unfiltered", None)):
+        ids, _ = search(index, queries, depth, exclude=exclude, batch_size=batch_size)
+        # A miss gets rank == depth, which fails `rank < K` for every K <= depth.
+        r = target_ranks(ids, targets)
+        ranks[variant], first[variant] = rank_counts(r, depth), first_positions(ids, int(index.ntotal))
+        if variant == "filtered" and item_counts is not None:
+            buckets = bucket_rank_counts(r, targets, item_counts, depth)
+    return EvalCounts(ranks, buckets, first)
+
+
+def popularity_counts(
+    targets: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    ks: Sequence[int],
+    item_counts: np.ndarray | None = None,
+) -> EvalCounts:
+    """The `EvalCounts` of the most-popular baseline (arguments as `evaluate_popularity`)."""
+    depth = _depth(ks)
+    filtered = popularity_ranks(targets, seen)
+    ranks = {"filtered": rank_counts(filtered, depth), "unfiltered": rank_counts(popularity_ranks(targets, None), depth)}
+    buckets = None if item_counts is None else bucket_rank_counts(filtered, targets, item_counts, depth)
+    return EvalCounts(ranks, buckets)
+
+
+def counts_metrics(counts: EvalCounts, ks: Sequence[int], item_counts: np.ndarray | None = None) -> dict[str, dict]:
+    """`{"filtered": {...}, "unfiltered": {...}}` (+ "by_popularity" when counted) from `EvalCounts`:
+    each variant's `metrics_from_counts` plus, when the counts have item positions, coverage@K."""
+    results: dict[str, dict] = {}
+    for variant in VARIANTS:
+        cover = coverage_from_first(counts.first[variant], ks) if counts.first is not None else {}
+        results[variant] = {**metrics_from_counts(counts.ranks[variant], ks), **cover}
+    if counts.buckets is not None and item_counts is not None:
+        results["by_popularity"] = metrics_by_popularity_counts(counts.buckets, item_counts, ks)
+    return results
 
 
 def evaluate_queries(
@@ -51,16 +163,8 @@ def evaluate_queries(
       `coverage@K` over the `index.ntotal` catalogue items; with `item_counts` also
       `"by_popularity": metrics_by_popularity(filtered ranks, ...)` (head / torso / tail / oov).
     """
-    depth = _depth(ks)
-    results: dict[str, dict] = {}
-    for variant, exclude in (("filtered", seen), ("unfiltered", None)):
-        ids, _ = search(index, queries, depth, exclude=exclude, batch_size=batch_size)
-        # A miss gets rank == depth, which fails `rank < K` for every K <= depth.
-        ranks = target_ranks(ids, targets)
-        results[variant] = {**ranking_metrics(ranks, ks), **coverage(ids, int(index.ntotal), ks)}
-        if variant == "filtered" and item_counts is not None:
-            results["by_popularity"] = metrics_by_popularity(ranks, targets, item_counts, ks)
-    return results
+    counts = query_counts(index, queries, targets, seen, ks, batch_size, item_counts)
+    return counts_metrics(counts, ks, item_counts)
 
 
 def evaluate_popularity(
@@ -74,15 +178,7 @@ def evaluate_popularity(
     No coverage (its top-K is the same few popular items for everyone); `by_popularity` when
     `item_counts` is given.
     """
-    _depth(ks)
-    filtered = popularity_ranks(targets, seen)
-    results: dict[str, dict] = {
-        "filtered": ranking_metrics(filtered, ks),
-        "unfiltered": ranking_metrics(popularity_ranks(targets, None), ks),
-    }
-    if item_counts is not None:
-        results["by_popularity"] = metrics_by_popularity(filtered, targets, item_counts, ks)
-    return results
+    return counts_metrics(popularity_counts(targets, seen, ks, item_counts), ks, item_counts)
 
 
 def format_table(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from recall.config import Config, best_metric
 from recall.data.sequences import make_chunks
+from recall.errors import RecallError
 from recall.evaluation.model_eval import evaluate_towers
 from recall.io import write_json
 from recall.training.inputs import ExampleBatcher, SequenceBatcher, epoch_blocks, epoch_order
@@ -46,10 +47,16 @@ class Worker:
     strategy: object
     index: int
     shared_dir: Path
+    collective: object | None = None  # data.shard_by_user: the job's collectives (distributed/collect.py)
 
     @property
     def is_chief(self) -> bool:
         return self.index == 0
+
+    @property
+    def sharded(self) -> bool:
+        """Does this worker hold only its own users' examples (data.shard_by_user)?"""
+        return self.collective is not None
 
 
 def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None, worker=None) -> dict:
@@ -67,6 +74,12 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
     (`worker.shared_dir`: a file system all workers see) and validates the same weights, so all make
     the same early-stopping decision; a non-chief's `run_dir` is a scratch directory its checkpoints,
     history and TensorBoard go to (TF's multi-worker guide: every worker saves, only the chief's count).
+
+    A sharded worker (`worker.sharded`, data.shard_by_user) holds only its users' examples: its epoch
+    order is a permutation of them keyed on (seed, epoch, worker), cut into its part of every global
+    batch (`shard_batch`); every worker runs the same number of steps (`shard_steps`), and one whose
+    examples run out first wraps around to the start of its order (see `shard_epoch_order` for why).
+    Validation evaluates its own users and sums the counts over the workers (evaluation/protocol.py).
     """
     from recall.model.towers import _backing
 
@@ -113,7 +126,13 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
         unit_examples, per_batch = None, tc.batch_size
         batcher = ExampleBatcher(data.split.train_items, data.examples, data.features.codes, cfg.model.max_history)
     n = len(unit_examples) if unit_examples is not None else len(data.examples)
-    batches_per_epoch = math.ceil(n / per_batch)
+    sharded = worker is not None and worker.sharded
+    total_examples = len(data.examples)
+    if sharded:
+        per_batch = shard_batch(per_batch, worker.collective.num_workers, worker.index, tc)
+        batches_per_epoch, total_examples = shard_steps(n, len(data.examples), per_batch, worker.collective)
+    else:
+        batches_per_epoch = math.ceil(n / per_batch)
     planned_steps = tc.epochs * batches_per_epoch
     # A warm start carries the parent optimizer's step counter; the schedule starts at this run's step 0.
     step_offset = tf.Variable(0, dtype=tf.int64, name="warm_start_step") if cfg.warm_start is not None else None
@@ -127,7 +146,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
     task = RetrievalTask(items, lc.kind, sampler, lc.remove_accidental_hits, global_rows=global_rows)
     loss_fn = make_loss_fn(user, task, tc.batching, tc.batch_splits)
     train_block = make_train_block(batcher, loss_fn, variables, optimizer, cfg.seed, strategy,
-                                   replica=0 if worker is None else worker.index)
+                                   replica=0 if worker is None else worker.index, sharded=sharded)
 
     # --- state and checkpoints ---------------------------------------------------------------
     state = {
@@ -173,7 +192,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
     def validate() -> dict:
         return evaluate_towers(user, items, data.valid, data.features.codes, cfg.eval.ks, cfg.index.factory,
                                cfg.index.nprobe, cfg.index.ef_search, cfg.eval.batch_size,
-                               cfg.eval.query_age)["filtered"]
+                               cfg.eval.query_age, collective=worker.collective if sharded else None)["filtered"]
 
     if warm is not None and not latest:
         report = warm.apply(user, items, variables, optimizer, sampler)
@@ -197,7 +216,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
     while int(state["epoch"]) < tc.epochs and not stopped_early:
         epoch = int(state["epoch"])
         done = int(state["epoch_batches"])
-        order = epoch_order(n, cfg.seed, epoch, tc.shuffle)
+        order = shard_epoch_order(n, cfg.seed, epoch, worker.index, batches_per_epoch * per_batch, tc.shuffle) \
+            if sharded else epoch_order(n, cfg.seed, epoch, tc.shuffle)
         bar = tqdm(total=batches_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    unit="batch", dynamic_ncols=True, mininterval=0.5, disable=not chief)
         t0, ex0 = time.perf_counter(), 0
@@ -207,7 +227,11 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
         step = int(state["step"])
         for idx in epoch_blocks(order, per_batch, done, steps_per_block, step, every):
             k = idx.shape[0]
-            losses = train_block(tf.constant(idx), tf.constant(step, tf.int64)).numpy()
+            losses = train_block(tf.constant(idx), tf.constant(step, tf.int64))
+            if sharded:  # the job's examples: the global batches' rows
+                losses, rows = losses[0].numpy(), losses[1].numpy()
+            else:
+                losses, rows = losses.numpy(), None
             for loss in losses.tolist():
                 step += 1
                 running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
@@ -217,7 +241,8 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
                         tf.summary.scalar("train/loss", loss)
                     history["loss"].append([step, running])
             done += k
-            ex0 += idx.size if unit_examples is None else int(unit_examples[idx].sum())
+            ex0 += int(rows.sum()) if rows is not None else idx.size if unit_examples is None else \
+                int(unit_examples[idx].sum())
             bar.update(k)
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{ex0 / (time.perf_counter() - t0):,.0f}", refresh=False)
             if every and step % every == 0:
@@ -268,7 +293,7 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
     return {
         "epochs": int(state["epoch"]),
         "steps": int(state["step"]),
-        "examples": len(data.examples),
+        "examples": total_examples,
         "batching": tc.batching,
         "seconds": round(seconds, 2),
         "examples_per_sec": round(seen / seconds, 1) if seconds > 0 else None,
@@ -279,6 +304,49 @@ def fit(cfg: Config, data, user, items, run_dir: Path, warm=None, on_epoch=None,
             batch_size=tc.batch_size, num_sampled=lc.num_sampled),
         "loss": lc.kind,
     }
+
+
+def shard_batch(per_batch: int, num_workers: int, index: int, tc) -> int:
+    """This worker's part of a global batch of `per_batch` units (examples, or chunks with batching
+    sequences): the index-th of num_workers near-equal parts (distributed/replicas.py `slice_bounds`)."""
+    from recall.distributed.replicas import slice_bounds
+
+    lo, hi = slice_bounds(per_batch, num_workers, 0)
+    if hi - lo == 0:
+        unit = "" if tc.batching == "positions" else f" / sequence_length {tc.sequence_length} = {per_batch} chunks"
+        raise RecallError(f"train.batch_size={tc.batch_size}{unit} gives some of the {num_workers} workers no row of "
+                          f"a global batch; raise train.batch_size to at least {num_workers}"
+                          f"{'' if tc.batching == 'positions' else ' × sequence_length'}, or use fewer workers")
+    lo, hi = slice_bounds(per_batch, num_workers, index)
+    return hi - lo
+
+
+def shard_steps(units: int, examples: int, per_batch: int, collective) -> tuple[int, int]:
+    """(steps of an epoch, the job's examples): every worker runs as many steps as the worker that needs
+    the most (ceil(its units / its part of a batch)); collective. A worker without examples is a
+    RecallError on every worker alike."""
+    table = collective.per_worker([units, math.ceil(units / per_batch), examples])  # [W, 3]
+    if (table[:, 0] == 0).any():
+        empty = int(np.flatnonzero(table[:, 0] == 0)[0])
+        raise RecallError(f"data.shard_by_user: worker {empty} of {collective.num_workers} holds no training "
+                          "examples (its users' histories are all shorter than train.min_history); lower "
+                          "train.min_history, use fewer workers, or set data.shard_by_user=false")
+    return int(table[:, 1].max()), int(table[:, 2].sum())
+
+
+def shard_epoch_order(units: int, seed: int, epoch: int, worker: int, length: int, shuffle: bool = True) -> np.ndarray:
+    """A sharded worker's order of one epoch: int64 [length], a permutation of its `units` keyed on
+    (seed, epoch, worker), repeated from its start to fill `length` (= steps × its part of a batch).
+
+    Why wrap around rather than pad with weight-0 rows: every row of every step is then a real example
+    at its configured weight, so each global batch keeps train.batch_size rows (in_batch and mixed
+    draw their negatives from it, log Q assumes it) and every worker's batch shape stays fixed. The
+    price: a worker with fewer examples than the busiest repeats the first (length − units) of its
+    order — with users spread by a hash, O(√examples) per epoch.
+    """
+    rng = np.random.default_rng([seed, epoch, worker])
+    order = rng.permutation(units) if shuffle else np.arange(units)
+    return np.resize(order.astype(np.int64), length)
 
 
 def _sync(state: dict, step: int, done: int, running: float, loss_sum: float) -> None:

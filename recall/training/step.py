@@ -79,7 +79,8 @@ def _update(loss_fn, variables: list, optimizer, features, labels, weights, seed
     return loss
 
 
-def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int, strategy=None, replica: int = 0):
+def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int, strategy=None, replica: int = 0,
+                     sharded: bool = False):
     """train_block(idx int64 [K, B], first_step int64) → losses float32 [K]: K updates in one call.
 
     With a `strategy` (tf.distribute.MultiWorkerMirroredStrategy) `idx` is the GLOBAL batch on every
@@ -87,6 +88,11 @@ def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int, st
     the cluster, chief 0, distributed/cluster.py) takes its slice of the
     batch (distributed/replicas.py) and normalises its loss by the global batch's rows
     (`batcher.rows(idx[k])`); the returned losses are the global batch's (summed over replicas).
+
+    `sharded` (data.shard_by_user: each worker holds only its users' examples): `idx` [K, b] is this
+    worker's OWN part of each global batch, indices into its own examples; the global batch's rows are
+    summed over the workers inside the step (one int64 all-reduce), and the block returns
+    (losses [K], global rows [K]) — the rows so the loop can count the job's examples.
 
     Step k gathers its batch in-graph (`batcher(idx[k])`, training/inputs.py) and draws its negatives
     with seed [seed, first_step + k], so a step's randomness depends only on its global step number —
@@ -100,7 +106,7 @@ def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int, st
     """
 
     if strategy is not None:
-        return _make_replicated_block(batcher, loss_fn, variables, optimizer, seed, strategy, replica)
+        return _make_replicated_block(batcher, loss_fn, variables, optimizer, seed, strategy, replica, sharded)
 
     @tf.function
     def train_block(idx, first_step):
@@ -114,11 +120,12 @@ def make_train_block(batcher, loss_fn, variables: list, optimizer, seed: int, st
     return train_block
 
 
-def _make_replicated_block(batcher, loss_fn, variables: list, optimizer, seed: int, strategy, replica: int):
+def _make_replicated_block(batcher, loss_fn, variables: list, optimizer, seed: int, strategy, replica: int,
+                           sharded: bool = False):
     """`make_train_block` under a strategy with one replica per worker (CPU workers)."""
     import keras
 
-    from recall.distributed.replicas import replica_slice, sum_over_replicas
+    from recall.distributed.replicas import global_sum, replica_slice, sum_over_replicas
 
     if len(strategy.extended.worker_devices) != 1:
         raise ValueError("recall's data-parallel step expects one replica (device) per worker")
@@ -130,14 +137,23 @@ def _make_replicated_block(batcher, loss_fn, variables: list, optimizer, seed: i
         features, labels, weights = batcher(local_idx)
         return _update(loss_fn, variables, optimizer, features, labels, weights, step_seed, normalizer, reduce)
 
+    def sharded_step(local_idx, step_seed):
+        rows = global_sum(batcher.rows(local_idx))  # the global batch's rows: every worker's part
+        return replica_step(local_idx, step_seed, rows), rows
+
     @tf.function
     def train_block(idx, first_step):
-        losses = []
+        losses, rows = [], []
         for k in range(idx.shape[0]):
             step_seed = tf.stack([tf.constant(seed, tf.int64), first_step + k])
-            normalizer = batcher.rows(idx[k])  # rows of the global batch
-            local = strategy.run(replica_step, args=(replica_slice(idx[k], replicas, replica), step_seed, normalizer))
+            if sharded:
+                local, global_rows = strategy.run(sharded_step, args=(idx[k], step_seed))
+                rows.append(strategy.experimental_local_results(global_rows)[0])
+            else:
+                normalizer = batcher.rows(idx[k])  # rows of the global batch
+                local = strategy.run(replica_step, args=(replica_slice(idx[k], replicas, replica), step_seed,
+                                                         normalizer))
             losses.append(strategy.reduce(tf.distribute.ReduceOp.SUM, local, axis=None))
-        return tf.stack(losses)
+        return (tf.stack(losses), tf.stack(rows)) if sharded else tf.stack(losses)
 
     return train_block
