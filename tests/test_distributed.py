@@ -227,3 +227,11 @@ def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+    # The same job uninterrupted (deterministic mode): the resumed job ends with the same weights.
+    code = _run([*args[:-2], "--run-dir", str(tmp_path / "straight"), "--workers", "2"], tmp_path / "straight.log")
+    assert code == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    final = metrics["train"]["steps"]
+    resumed, straight = (_variables(str(tmp_path / run / "checkpoints" / f"ckpt-{final}")) for run in ("run", "straight"))
+    assert resumed.keys() == straight.keys() and any("embeddings" in k for k in resumed)
+    worst = {k: float(np.max(np.abs(resumed[k] - straight[k]), initial=0.0)) for k in resumed}
+    assert max(worst.values()) == 0.0, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
