@@ -189,7 +189,7 @@ def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
 
     config = tmp_path / "tiny.yaml"
     config.write_text(CONFIG)
-    args = [str(config), "--set", "train.epochs=4", "--set", "train.checkpoint_every_steps=4",
+    args = [str(config), "--set", "train.epochs=2", "--set", "train.checkpoint_every_steps=4",
             "--run-dir", str(tmp_path / "run")]
     workers = _start_workers(tmp_path, args, "first")
     try:
@@ -221,7 +221,7 @@ def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
         for _, log in workers:
             assert "resumed from" in log.read_text()
         metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-        assert metrics["train"]["epochs"] == 4 and metrics["train"]["workers"] == 2
+        assert metrics["train"]["epochs"] == 2 and metrics["train"]["workers"] == 2
     finally:
         for proc, _ in workers:
             if proc.poll() is None:
