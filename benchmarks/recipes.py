@@ -23,8 +23,10 @@ Datasets (a data section each; one is skipped, with the reason, when its file is
   each user cut to a random 10 of their interactions, in time order (written to WORK_DIR/data).
 
 Each (dataset, recipe) trains once into WORK_DIR/runs/<dataset>/<recipe> with seed 42; its row goes
-to --out (atomically, after every run) with a hash of the full config it trained, and a later call
-skips a row whose config is unchanged (--force retrains). Noise: one validation HR@50 p over U users
+to --out (atomically, after every run) with a hash of the config as recall resolves it (defaults
+filled in), and a later call skips a row whose resolved config is unchanged (--force retrains); a
+recipe that resolves to the same config as a stored row of the same dataset is that run (marked
+"= name": e.g. the quickstart when it is one of the studied recipes). Noise: one validation HR@50 p over U users
 has a standard error sqrt(p(1-p)/U); a recipe is "within noise" on a dataset when it is at most two
 of those below that dataset's best.
 """
@@ -188,7 +190,13 @@ def build_config(data: dict, sections: dict, quick: bool = False) -> dict:
 
 
 def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    """A hash of the config as recall resolves it (every default filled in): a recipe that leans on a
+    default is retrained when that default changes, and two recipes that resolve alike are one run."""
+    from recall.config import config_from_dict
+
+    resolved = config_from_dict(cfg).to_dict()
+    resolved.pop("run_dir", None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train(dataset: str, recipe: str, cfg: dict, work: Path) -> dict:
@@ -272,7 +280,8 @@ def print_table(rows: list[dict], summary: dict, markdown: bool = False) -> None
         d = per_ds[r["dataset"]]
         gap = (d["best_valid_hr@50"] - r["valid_hr@50"]) / d["se"] if d["se"] else 0.0
         mark = " **best**" if r["recipe"] == d["best"] else (" ≈" if gap <= NOISE_SE else "")
-        lines.append([r["dataset"], r["recipe"], _f(r["valid_hr@50"]) + mark, _f(r["hr@10"]), _f(r["hr@50"]),
+        name = r["recipe"] + (f" (= {r['same_run_as']})" if r.get("same_run_as") else "")
+        lines.append([r["dataset"], name, _f(r["valid_hr@50"]) + mark, _f(r["hr@10"]), _f(r["hr@50"]),
                       str(r["epochs"]), _f(r["train_seconds"], ".0f"), _f(r["sampler_kl"], ".2f")])
     if markdown:
         print("| " + " | ".join(cols) + " |")
@@ -351,8 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         for rc in recipes:
             cfg = build_config(data, recipe_sections(rc), args.quick)
             config_from_dict(cfg, f"{ds}/{rc}")  # a recipe that no longer validates fails here, not mid-grid
-            old = kept.get((ds, rc))
-            if old and "error" not in old and old.get("config_hash") == config_hash(cfg) and not args.force:
+            h, old = config_hash(cfg), kept.get((ds, rc))
+            if old and "error" not in old and old.get("config_hash") == h and not args.force:
+                continue
+            twin = next((r for r in kept.values() if r["dataset"] == ds and r["recipe"] != rc and "error" not in r
+                         and r.get("config_hash") == h), None)
+            if twin and not args.force:  # the same resolved config already ran under another name
+                kept[(ds, rc)] = {**twin, "recipe": rc, "same_run_as": twin.get("same_run_as", twin["recipe"])}
                 continue
             todo.append((ds, rc, cfg))
     spec = importlib.util.spec_from_file_location("samplers_benchmark", ROOT / "benchmarks" / "samplers.py")
@@ -364,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
               "jobs": args.jobs, "quick": args.quick,
               "recipes": {n: RECIPES[n][0] for n in RECIPES}, "datasets": {n: v[0] for n, v in all_ds.items()},
               "results": list(kept.values())}
-    print(f"{len(todo)} run(s) to do ({len(kept)} stored), {args.jobs} at a time; work dir {work}", flush=True)
+    print(f"{len(todo)} run(s) to do ({len(previous.get('results', []))} stored), {args.jobs} at a time; "
+          f"work dir {work}", flush=True)
 
     def one(item):
         ds, rc, cfg = item

@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from recall.config import Config
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("recipes_benchmark", ROOT / "benchmarks" / "recipes.py")
 bench = importlib.util.module_from_spec(spec)
@@ -48,7 +50,7 @@ def test_summary_marks_the_best_and_what_is_within_two_standard_errors():
     assert s["recipes"]["c"]["within_noise"] == [] and s["recipes"]["a"]["best"] == ["d"]
 
 
-def test_a_stored_row_with_the_same_config_is_skipped(tmp_path, capsys):
+def test_a_stored_row_with_the_same_config_is_skipped_and_a_twin_reuses_it(tmp_path, capsys, monkeypatch):
     args = _args(tmp_path, quick=True)
     data = bench.datasets(args, tmp_path)["synth-sticky"][1]
     cfg = bench.build_config(data, bench.recipe_sections("quickstart"), quick=True)
@@ -57,8 +59,12 @@ def test_a_stored_row_with_the_same_config_is_skipped(tmp_path, capsys):
            "train_seconds": 1.0, "sampler_kl": None}
     out = tmp_path / "recipes.json"
     out.write_text(json.dumps({"results": [row]}))
-    assert bench.main(["--quick", "--recipes", "quickstart", "--datasets", "synth-sticky",
+    # "copy" spells out defaults the quickstart leaves implicit: it resolves to the same config
+    copy = bench.recipe_sections("quickstart")
+    copy["model"]["tie_embeddings"] = Config().model.tie_embeddings
+    monkeypatch.setitem(bench.RECIPES, "copy", ("the quickstart, spelled out", copy))
+    assert bench.main(["--quick", "--recipes", "quickstart,copy", "--datasets", "synth-sticky",
                        "--work-dir", str(tmp_path / "w"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "0 run(s) to do (1 stored)" in printed and "quickstart" in printed
-    assert json.loads(out.read_text())["results"] == [row]
+    assert "0 run(s) to do (1 stored)" in printed and "copy (= quickstart)" in printed
+    assert json.loads(out.read_text())["results"] == [row, {**row, "recipe": "copy", "same_run_as": "quickstart"}]
