@@ -181,6 +181,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> ModelConfig:
+        if "history" not in self.model_fields_set:  # the default encoders read at most max_history items
+            self.__dict__["history"] = [e.model_copy(update={"window": min(e.window, self.max_history)})
+                                        if e.window is not None else e for e in self.history]
         for i, enc in enumerate(self.history):
             reads = enc.reads(self.max_history)
             if reads > self.max_history:
@@ -201,7 +204,8 @@ class ModelConfig(_Section):
                                  GRUEncoderConfig(kind="gru", window=20)], min_length=1,
         description="the history encoders whose outputs are concatenated before the MLP (default: the "
         "cross-dataset recipe of benchmarks/recipes.py, [{kind: mean}, {kind: recent, window: 5}, "
-        "{kind: gru, window: 20}]; [{kind: mean}, {kind: recent, window: 5}] is 2-4x faster to train)")
+        "{kind: gru, window: 20}], windows cut to max_history; [{kind: mean}, {kind: recent, window: 5}] is 2-4x "
+        "faster to train)")
     tie_embeddings: bool = Field(True, description="history embeddings share the output item table")
     compute_dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "auto", description="dtype of the user tower's GRU and hidden-layer matmuls: bfloat16 is faster on "
