@@ -23,9 +23,10 @@ Datasets (a data section each; one is skipped, with the reason, when its file is
 
 Each (dataset, recipe) trains once into WORK_DIR/runs/<dataset>/<recipe> with seed 42; its row goes
 to --out (atomically, after every run) with a hash of the config as recall resolves it (defaults
-filled in), and a later call skips a row whose resolved config is unchanged (--force retrains); a
-recipe that resolves to the same config as a stored row of the same dataset is that run (marked
-"= name": e.g. the quickstart when it is one of the studied recipes). Noise: one validation HR@50 p over U users
+filled in, execution settings such as thread counts and batch_splits left out), and a later call
+skips a row whose resolved config is unchanged (--force retrains); a recipe that resolves to the
+same config as a stored row of the same dataset is that run (marked "= name": the quickstart and
+the defaults, which are the recipe the study chose). Noise: one validation HR@50 p over U users
 has a standard error sqrt(p(1-p)/U); a recipe is "within noise" on a dataset when it is at most two
 of those below that dataset's best.
 """
@@ -53,12 +54,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KS = [10, 20, 50, 100, 200]
+# Execution settings, not part of a recipe: the same examples, negatives and updates, computed in
+# other parts or threads (batch_splits only redraws dropout masks per part).
+EXECUTION = ("batch_splits", "steps_per_execution", "intra_op_threads", "inter_op_threads", "checkpoint_every_steps")
 NOISE_SE = 2.0  # "within noise": at most this many standard errors below the dataset's best
 
 # --- recipes: model / loss / train sections -------------------------------------------------------
 
 _EARLY = {"metric": "hr@50", "patience": 3}
 _RECENCY = [{"kind": "mean"}, {"kind": "recent", "window": 5}]
+# The defaults these recipes were measured under, spelled out (recall's defaults are now the study's pick).
+_OLD_MODEL = {"tie_embeddings": False, "dropout": 0.0, "compute_dtype": "float32"}
+_OLD_TRAIN = {"batching": "positions", "sequence_length": 64, "lr_schedule": "constant"}
 
 
 def _from_config(name: str) -> dict:
@@ -70,22 +77,24 @@ def _from_config(name: str) -> dict:
 def _tcd(loss: dict, **train) -> dict:
     """Tied tables, dropout 0.3 after an MLP [512], cosine decay over 12 epochs, recency pooling."""
     return {"model": {"dim": 64, "hidden": [512], "max_history": 50, "history": _RECENCY, "tie_embeddings": True,
-                      "dropout": 0.3},
+                      "dropout": 0.3, "compute_dtype": "float32"},
             "loss": loss,
-            "train": {"epochs": 12, "batch_size": 512, "learning_rate": 0.002, "lr_schedule": "cosine",
-                      "early_stopping": _EARLY, **train}}
+            "train": {"epochs": 12, "batch_size": 512, "batching": "positions", "sequence_length": 64,
+                      "learning_rate": 0.002, "lr_schedule": "cosine", "early_stopping": _EARLY, **train}}
 
 
 RECIPES: dict[str, tuple[str, object]] = {
     "quickstart": ("configs/quickstart.yaml as shipped", lambda: _from_config("quickstart.yaml")),
     "quickstart-0": ("the quickstart before this study: recency pooling, MLP [256], 500 log-uniform, batch 256",
-                     {"model": {"dim": 64, "hidden": [256], "max_history": 50, "history": _RECENCY},
+                     {"model": {"dim": 64, "hidden": [256], "max_history": 50, "history": _RECENCY, **_OLD_MODEL},
                       "loss": {"kind": "sampled_softmax", "sampler": "log_uniform", "num_sampled": 500},
-                      "train": {"epochs": 10, "batch_size": 256, "learning_rate": 0.002, "early_stopping": _EARLY}}),
+                      "train": {"epochs": 10, "batch_size": 256, "learning_rate": 0.002, "early_stopping": _EARLY,
+                                **_OLD_TRAIN}}),
     "recency-full": ("issue 16's baseline: quickstart-0 with the exact softmax",
-                     {"model": {"dim": 64, "hidden": [256], "max_history": 50, "history": _RECENCY},
+                     {"model": {"dim": 64, "hidden": [256], "max_history": 50, "history": _RECENCY, **_OLD_MODEL},
                       "loss": {"kind": "full_softmax"},
-                      "train": {"epochs": 10, "batch_size": 256, "learning_rate": 0.002, "early_stopping": _EARLY}}),
+                      "train": {"epochs": 10, "batch_size": 256, "learning_rate": 0.002, "early_stopping": _EARLY,
+                                **_OLD_TRAIN}}),
     "ml-1m": ("configs/ml-1m.yaml's model/loss/train: GRU 20, tied, dropout 0.3, [512], cosine, 300 log-uniform",
               lambda: _from_config("ml-1m.yaml")),
     "tcd-logu300": ("tied + cosine + dropout, no GRU; 300 log-uniform",
@@ -195,6 +204,8 @@ def config_hash(cfg: dict) -> str:
 
     resolved = config_from_dict(cfg).to_dict()
     resolved.pop("run_dir", None)
+    for key in EXECUTION:  # how a step is computed, not what is trained (RESUME_RULES lets them change)
+        resolved["train"].pop(key, None)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 

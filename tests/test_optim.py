@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 import pytest
+from pre_recipe import PRE_RECIPE
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -401,6 +402,7 @@ def test_lazy_adam_trains_and_resumes(tmp_path):
     log = tmp_path / "log.parquet"
     synthesize(num_users=200, num_items=60, interactions_per_user=15, num_topics=4, seed=5).to_parquet(log)
     overrides = ["data.source=file", f"data.path={log}", "model.dim=16", "model.hidden=[32]",
+                 "model.history=[{kind: mean}]", *PRE_RECIPE,
                  "model.max_history=10", "loss.num_sampled=20", "train.batch_size=64", "train.learning_rate=0.01",
                  "train.optimizer=lazy_adam", "train.early_stopping=null", "eval.ks=[10,20]",
                  "train.steps_per_execution=2"]
