@@ -101,7 +101,7 @@ RECIPES: dict[str, tuple[str, object]] = {
                     _tcd({"kind": "sampled_softmax", "sampler": "log_uniform", "num_sampled": 300})),
     "tcd-full": ("tied + cosine + dropout; exact softmax", _tcd({"kind": "full_softmax", "num_sampled": 1000})),
     "tcd-inbatch": ("tied + cosine + dropout; in-batch negatives (the batch's 512 labels, counted log Q)",
-                    _tcd({"kind": "sampled_softmax", "sampler": "in_batch"})),
+                    _tcd({"kind": "sampled_softmax", "sampler": "in_batch", "num_sampled": 1000})),  # unused
     "tcd-mixed": ("tied + cosine + dropout; mixed: the batch's labels + 512 unigram^0.75 draws",
                   _tcd({"kind": "sampled_softmax", "sampler": "mixed", "num_sampled": 512, "distortion": 0.75})),
     "tcd-unigram2k": ("tied + cosine + dropout; 2,000 unigram^0.75 negatives",
