@@ -263,12 +263,13 @@ def summarise(rows: list[dict]) -> dict:
     for ds, rs in by_ds.items():
         best = max(rs, key=lambda r: r["valid_hr@50"])
         se = standard_error(best["valid_hr@50"], best["users"])
-        per_ds[ds] = {"best": best["recipe"], "best_valid_hr@50": best["valid_hr@50"], "se": se}
+        tied = [r["recipe"] for r in rs if r["valid_hr@50"] == best["valid_hr@50"]]  # twins of one run tie
+        per_ds[ds] = {"best": ", ".join(tied), "best_valid_hr@50": best["valid_hr@50"], "se": se}
         for r in rs:
             gap = (best["valid_hr@50"] - r["valid_hr@50"]) / se if se else 0.0
             s = per_recipe.setdefault(r["recipe"], {"best": [], "within_noise": [], "gaps": {}})
             s["gaps"][ds] = round(gap, 2)
-            if r is best:
+            if r["recipe"] in tied:
                 s["best"].append(ds)
             if gap <= NOISE_SE:
                 s["within_noise"].append(ds)
@@ -292,7 +293,7 @@ def print_table(rows: list[dict], summary: dict, markdown: bool = False) -> None
             continue
         d = per_ds[r["dataset"]]
         gap = (d["best_valid_hr@50"] - r["valid_hr@50"]) / d["se"] if d["se"] else 0.0
-        mark = " **best**" if r["recipe"] == d["best"] else (" ≈" if gap <= NOISE_SE else "")
+        mark = " **best**" if r["valid_hr@50"] == d["best_valid_hr@50"] else (" ≈" if gap <= NOISE_SE else "")
         name = r["recipe"] + (f" (= {r['same_run_as']})" if r.get("same_run_as") else "")
         lines.append([r["dataset"], name, _f(r["valid_hr@50"]) + mark, _f(r["hr@10"]), _f(r["hr@50"]),
                       str(r["epochs"]), _f(r["train_seconds"], ".0f"), _f(r["sampler_kl"], ".2f")])
@@ -310,7 +311,7 @@ def print_table(rows: list[dict], summary: dict, markdown: bool = False) -> None
           "errors sqrt(p(1-p)/users) of it)")
     print("\nper dataset: best recipe, its valid HR@50 ± one standard error")
     for ds, d in per_ds.items():
-        print(f"  {ds:<18} {d['best']:<14} {d['best_valid_hr@50']:.4f} ± {d['se']:.4f}")
+        print(f"  {ds:<18} {d['best_valid_hr@50']:.4f} ± {d['se']:.4f}  {d['best']}")
     print("\nper recipe: gap to each dataset's best in standard errors (mean), datasets within noise")
     n = len(per_ds)
     for name, s in sorted(summary["recipes"].items(), key=lambda kv: kv[1]["mean_gap_se"]):
