@@ -214,7 +214,7 @@ def test_towers_give_row_gradients_for_every_table():
     from recall.training.step import make_loss_fn, trainable_variables
     from recall.training.task import RetrievalTask
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6,
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "tie_embeddings": False,
                                            "history": [{"kind": "mean"}, {"kind": "recent", "window": 2}]}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
@@ -298,7 +298,8 @@ def _shortcut_per_table(model: dict, splits: int = 1) -> dict:
     from recall.training.step import make_loss_fn, trainable_variables
     from recall.training.task import RetrievalTask
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, **model}})
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "tie_embeddings": False,
+                                           "dropout": 0.0, "compute_dtype": "float32", **model}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
     loss_fn = make_loss_fn(user, RetrievalTask(items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0)),
