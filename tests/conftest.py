@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pre_recipe import PRE_RECIPE
 
 REGIONS = ["48", "55", "02", "70"]  # zip-code prefixes: "48067" is served as "48", as trained
 
@@ -45,7 +46,7 @@ def feature_config(log: Path, users_file: Path, *overrides: str):
         "data.source=file", f"data.path={log}", f"data.user_features.path={users_file}",
         "data.user_features.columns=[gender,age,occupation,zip_code]", "data.user_features.prefix={zip_code: 2}",
         "model.dim=16", "model.hidden=[32]", "model.max_history=10", "model.feature_dim=8",
-        "model.history=[{kind: mean}, {kind: recent, window: 3}]",
+        "model.history=[{kind: mean}, {kind: recent, window: 3}]", *PRE_RECIPE,
         "loss.num_sampled=20", "train.epochs=6", "train.batch_size=64", "train.learning_rate=0.01",
         "train.early_stopping=null", "eval.ks=[5,10,20]", "eval.batch_size=512",
         "train.steps_per_execution=2", *overrides])  # a shorter compiled block: the same updates, less tracing

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pre_recipe import PRE_RECIPE
 
 from recall.cli import main
 from recall.config import dump_config, load_config
@@ -81,6 +82,7 @@ def bundle(tmp_path_factory) -> Path:
     synthesize(num_users=50, num_items=30, interactions_per_user=8, num_topics=3, seed=1).to_parquet(log)
     cfg = recall.load_config(None, [
         "data.source=file", f"data.path={log}", "model.dim=8", "model.hidden=[8]", "model.max_history=5",
+        "model.history=[{kind: mean}]", *PRE_RECIPE,
         "loss.num_sampled=5", "train.epochs=1", "train.batch_size=64", "eval.ks=[5,10]",
         "train.early_stopping.metric=hr@10"])
     recall.train(cfg, root / "run")

@@ -28,7 +28,9 @@ def _batch(rng, size, history=8):
                                           ("nce", "unigram"), ("full_softmax", None)])
 @pytest.mark.parametrize("splits", [2, 3])
 def test_split_batch_gives_the_loss_and_gradients_of_one_pass(kind, sampler, splits):
+    # No dropout (parts draw their own masks) and float32 (the comparison is to 1e-5).
     cfg = Config.model_validate({"model": {"dim": 8, "hidden": [16], "max_history": 8, "tie_embeddings": True,
+                                           "dropout": 0.0, "compute_dtype": "float32",
                                            "history": [{"kind": "mean"}, {"kind": "min_gru", "window": 4, "heads": 2}]}})
     user, items = build_model(cfg, NUM_ITEMS, [3])
     counts = np.arange(1, NUM_ITEMS + 1)

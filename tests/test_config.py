@@ -325,9 +325,26 @@ def test_in_batch_refuses_keeping_accidental_hits(kind, sampler):
 
 
 def test_defaults():
-    cfg = Config()
-    assert [e.kind for e in cfg.model.history] == ["mean"] and cfg.model.history[0].window is None
-    assert cfg.train.batching == "positions" and cfg.train.lr_schedule == "constant" and cfg.train.warmup_steps == 0
+    cfg = Config()  # the cross-dataset recipe (benchmarks/recipes.py), = configs/quickstart.yaml's sections
+    assert [(e.kind, e.window) for e in cfg.model.history] == [("mean", None), ("recent", 5), ("gru", 20)]
+    assert (cfg.model.hidden, cfg.model.tie_embeddings, cfg.model.dropout, cfg.model.compute_dtype) == (
+        [512], True, 0.3, "auto")
+    assert (cfg.loss.kind, cfg.loss.sampler, cfg.loss.num_sampled) == ("sampled_softmax", "log_uniform", 300)
+    t = cfg.train
+    assert (t.epochs, t.batch_size, t.batching, t.sequence_length, t.learning_rate, t.lr_schedule, t.warmup_steps,
+            t.early_stopping.patience) == (12, 512, "sequences", 8, 0.002, "cosine", 0, 3)
+    quickstart = load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    for section in ("model", "loss"):
+        assert getattr(quickstart, section) == getattr(cfg, section)
+    execution = {"batch_splits", "intra_op_threads"}  # the 2-core speed settings the quickstart adds
+    assert quickstart.train.model_dump(exclude=execution) == cfg.train.model_dump(exclude=execution)
+
+
+def test_the_default_history_fits_a_shorter_max_history():
+    cfg = load_config(None, ["model.max_history=10"])
+    assert [(e.kind, e.window) for e in cfg.model.history] == [("mean", None), ("recent", 5), ("gru", 10)]
+    assert "reads the latest 20 items" in error_of(None, ["model.max_history=10",
+                                                          "model.history=[{kind: gru, window: 20}]"])
 
 
 def test_history_is_a_list_of_encoders_with_their_own_fields():
@@ -379,7 +396,7 @@ def test_encoder_heads_must_divide_dim():
 
 
 def test_warmup_needs_the_cosine_schedule():
-    msg = error_of(None, ["train.warmup_steps=100"])
+    msg = error_of(None, ["train.warmup_steps=100", "train.lr_schedule=constant"])
     assert "train.warmup_steps (100) needs train.lr_schedule=cosine" in msg
     cfg = load_config(None, ["train.warmup_steps=100", "train.lr_schedule=cosine"])
     assert cfg.train.warmup_steps == 100
@@ -387,16 +404,18 @@ def test_warmup_needs_the_cosine_schedule():
 
 def test_sequence_batches_are_whole_chunks():
     assert "multiple of train.sequence_length (64)" in error_of(None, ["train.batching=sequences",
+                                                                       "train.sequence_length=64",
                                                                        "train.batch_size=100"])
     assert "cannot exceed the chunks per batch (2" in error_of(None, [
-        "train.batching=sequences", "train.batch_size=128", "train.batch_splits=3"])
+        "train.batching=sequences", "train.sequence_length=64", "train.batch_size=128", "train.batch_splits=3"])
     cfg = load_config(None, ["train.batching=sequences", "train.batch_size=512", "train.sequence_length=32"])
     assert (cfg.train.batching, cfg.train.batch_size // cfg.train.sequence_length) == ("sequences", 16)
-    assert load_config(None, ["train.batch_size=100"]).train.batching == "positions"  # no constraint there
+    assert load_config(None, ["train.batching=positions", "train.batch_size=100"]).train.batch_size == 100  # no
+    # constraint there
 
 
 def test_batch_splits_cannot_exceed_the_batch(tmp_path):
-    path = write(tmp_path, "train:\n  batch_size: 4\n")
+    path = write(tmp_path, "train:\n  batch_size: 4\n  batching: positions\n")
     assert "train.batch_splits (5)" in error_of(path, ["train.batch_splits=5"])
     assert load_config(path, ["train.batch_splits=4"]).train.batch_splits == 4
 
@@ -405,6 +424,7 @@ def test_compute_dtype_names_the_choices(tmp_path):
     path = write(tmp_path, "{}")
     assert load_config(path, ["model.compute_dtype=bfloat16"]).model.compute_dtype == "bfloat16"
     assert load_config(path, ["model.compute_dtype=auto"]).model.compute_dtype == "auto"
-    assert load_config(path).model.compute_dtype == "float32"
+    assert load_config(path).model.compute_dtype == "auto"  # the default
+    assert load_config(path, ["model.compute_dtype=float32"]).model.compute_dtype == "float32"
     message = error_of(path, ["model.compute_dtype=float16"])
     assert "model.compute_dtype" in message and "bfloat16" in message

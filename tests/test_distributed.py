@@ -40,10 +40,11 @@ seed: 0
 data:
   source: synthetic
   synthetic: {num_users: 300, num_items: 200, interactions_per_user: 12, num_topics: 10, seed: 0}
-model: {dim: 16, hidden: [32], max_history: 10, history: [{kind: mean}, {kind: recent, window: 3}]}
+model: {dim: 16, hidden: [32], max_history: 10, history: [{kind: mean}, {kind: recent, window: 3}],
+        tie_embeddings: false, dropout: 0.0, compute_dtype: float32}
 loss: {sampler: log_uniform, num_sampled: 50}
 train: {epochs: 2, batch_size: 256, optimizer: sgd, learning_rate: 0.5, deterministic: true,
-        steps_per_execution: 2, early_stopping: null}
+        steps_per_execution: 2, early_stopping: null, batching: positions, lr_schedule: constant}
 eval: {ks: [10, 50]}
 """
 

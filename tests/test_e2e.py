@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pre_recipe import PRE_RECIPE
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("faiss")
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.slow
 
 KS = [10, 20, 50]  # the main run's catalogue has ~100 items: eval.ks may not exceed it
 SMALL = ["model.dim=16", "model.hidden=[32]", "model.max_history=10", "loss.num_sampled=20",
+         "model.history=[{kind: mean}]", *PRE_RECIPE,
          "train.batch_size=128", "train.learning_rate=0.01", "eval.batch_size=512",
          "eval.ks=[10,20]", "train.early_stopping.metric=hr@20"]  # the smallest logs have 40-50 items
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}

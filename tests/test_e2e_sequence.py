@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from pre_recipe import PRE_RECIPE
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("faiss")
@@ -18,7 +19,7 @@ from recall.serving import Recommender  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["model.dim=16", "model.hidden=[32]", "model.max_history=10", "loss.num_sampled=20",
+SMALL = ["model.dim=16", "model.hidden=[32]", "model.max_history=10", "loss.num_sampled=20", *PRE_RECIPE,
          "train.batch_size=128", "train.learning_rate=0.01", "eval.batch_size=512",
          "eval.ks=[10,20]", "train.early_stopping=null",
          "train.steps_per_execution=2"]  # a shorter compiled block: the same updates, a quarter of the tracing

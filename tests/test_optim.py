@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 import pytest
+from pre_recipe import PRE_RECIPE
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -213,7 +214,7 @@ def test_towers_give_row_gradients_for_every_table():
     from recall.training.step import make_loss_fn, trainable_variables
     from recall.training.task import RetrievalTask
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6,
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "tie_embeddings": False,
                                            "history": [{"kind": "mean"}, {"kind": "recent", "window": 2}]}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
@@ -297,7 +298,8 @@ def _shortcut_per_table(model: dict, splits: int = 1) -> dict:
     from recall.training.step import make_loss_fn, trainable_variables
     from recall.training.task import RetrievalTask
 
-    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, **model}})
+    cfg = Config.model_validate({"model": {"dim": 8, "hidden": [8], "max_history": 6, "tie_embeddings": False,
+                                           "dropout": 0.0, "compute_dtype": "float32", **model}})
     user, items = build_model(cfg, 100, [])
     variables = trainable_variables(user, items)
     loss_fn = make_loss_fn(user, RetrievalTask(items, "sampled_softmax", make_sampler("log_uniform", 10, 100, seed=0)),
@@ -401,6 +403,7 @@ def test_lazy_adam_trains_and_resumes(tmp_path):
     log = tmp_path / "log.parquet"
     synthesize(num_users=200, num_items=60, interactions_per_user=15, num_topics=4, seed=5).to_parquet(log)
     overrides = ["data.source=file", f"data.path={log}", "model.dim=16", "model.hidden=[32]",
+                 "model.history=[{kind: mean}]", *PRE_RECIPE,
                  "model.max_history=10", "loss.num_sampled=20", "train.batch_size=64", "train.learning_rate=0.01",
                  "train.optimizer=lazy_adam", "train.early_stopping=null", "eval.ks=[10,20]",
                  "train.steps_per_execution=2"]

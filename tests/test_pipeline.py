@@ -29,21 +29,21 @@ REFUSED = [
     ((), "data.min_rating=4"),
     ((), "model.dim=32"),
     ((), "loss.num_sampled=50"),
-    ((), "train.batch_size=512"),
+    ((), "train.batch_size=256"),
     ((), "train.learning_rate=0.01"),
     ((), "train.optimizer=lazy_adam"),
     ((), "train.min_history=3"),
     ((), "train.max_examples_per_user=5"),
     ((), "train.shuffle=false"),
     ((), "train.early_stopping.metric=hr@20"),
-    ((), "train.lr_schedule=cosine"),
-    (("train.lr_schedule=cosine",), "train.warmup_steps=10"),
+    ((), "train.lr_schedule=constant"),
+    ((), "train.warmup_steps=10"),
     ((), "eval.query_age=last_event"),
     # Early stopping off: "best" is then HR at the largest K ≤ 50, so a new eval.ks can move it.
     (("train.early_stopping=null", "eval.ks=[10,20,50]"), "eval.ks=[10,20]"),
     ((), "warm_start=runs/parent"),  # a cold run's directory cannot become a warm run's
     (("warm_start.run_dir=runs/parent",), "warm_start.run_dir=runs/other"),
-    *([((), "train.batching=sequences"),
+    *([((), "train.batching=positions"),
        (("train.batching=sequences",), "train.sequence_length=128")] if SEQUENCES else []),
 ]
 ALLOWED = [
@@ -63,7 +63,7 @@ ALLOWED = [
     ((), "eval.batch_size=64"),
     ((), "eval.index_recall_queries=100"),
     ((), "index.factory=HNSW32"),
-    *([((), "train.sequence_length=128")] if SEQUENCES else []),  # not read with batching: positions
+    *([(("train.batching=positions",), "train.sequence_length=128")] if SEQUENCES else []),  # not read there
     # The hash a warm run recorded when it started; the resumed command does not repeat it.
     (("warm_start.run_dir=runs/parent",), "warm_start.parent_config_hash=" + "ab" * 32),
 ]
@@ -95,8 +95,8 @@ def test_a_change_that_keeps_them_resumes(tmp_path, first, change):
 
 
 def test_the_message_names_the_values_and_counts_the_other_fields(tmp_path):
-    with pytest.raises(RecallError, match=r"train\.batch_size=1024, not 512 — a mid-epoch"):
-        _resume(tmp_path / "one", (), "train.batch_size=512")
+    with pytest.raises(RecallError, match=r"train\.batch_size=512, not 256 — a mid-epoch"):
+        _resume(tmp_path / "one", (), "train.batch_size=256")
     with pytest.raises(RecallError, match=r"seed=42, not 7 \(and 1 more field\(s\)\) — the epoch order"):
         _resume(tmp_path / "two", (), "seed=7", "train.shuffle=false")
 
@@ -113,7 +113,7 @@ def test_user_features_added_is_refused(tmp_path):
 
 def test_cosine_epochs_change_warns(tmp_path, caplog):
     _resume(tmp_path, ("train.lr_schedule=cosine",), "train.epochs=20")
-    assert "re-planned" in caplog.text and "10 → 20" in caplog.text
+    assert "re-planned" in caplog.text and "12 → 20" in caplog.text
 
 
 def test_best_metric():

@@ -30,10 +30,11 @@ tf = pytest.importorskip("tensorflow")
 CONFIG = """\
 seed: 3
 data: {source: synthetic, synthetic: {num_users: 400, num_items: 300, interactions_per_user: 40}}
-model: {dim: 16, hidden: [32], max_history: 20, history: [{kind: mean}, {kind: recent, window: 3}], dropout: 0.1}
+model: {dim: 16, hidden: [32], max_history: 20, history: [{kind: mean}, {kind: recent, window: 3}], dropout: 0.1,
+        tie_embeddings: false, compute_dtype: float32}
 loss: {sampler: log_uniform, num_sampled: 20}
 train: {epochs: 3, batch_size: 32, deterministic: true, checkpoint_every_steps: 7, steps_per_execution: 4,
-        early_stopping: null}
+        early_stopping: null, batching: positions, lr_schedule: constant}
 eval: {ks: [10, 20, 50]}
 """
 STEPS_PER_EPOCH = 437  # ceil(13,983 examples / 32), checked against the finished run below

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from pre_recipe import PRE_RECIPE
 
 pytest.importorskip("faiss")
 
@@ -100,6 +101,7 @@ def bundle(tmp_path_factory):
     synthesize(num_users=60, num_items=30, interactions_per_user=8, num_topics=3, seed=2).to_parquet(log)
     cfg = recall.load_config(None, [
         "data.source=file", f"data.path={log}", "model.dim=8", "model.hidden=[8]", "model.max_history=5",
+        "model.history=[{kind: mean}]", *PRE_RECIPE,
         "model.normalize=true", "model.temperature=0.1", "loss.num_sampled=5", "train.epochs=1",
         "train.batch_size=64", "eval.ks=[5,10]", "train.early_stopping.metric=hr@10"])
     recall.train(cfg, root / "run")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from pre_recipe import PRE_RECIPE
 
 tf = pytest.importorskip("tensorflow")
 
@@ -48,6 +49,7 @@ def _features(values: list[str]) -> UserFeatures:
 def _config(optimizer: str, tied: bool):
     return load_config(None, [
         f"model.dim={DIM}", "model.hidden=[6]", "model.max_history=5", "model.feature_dim=3",
+        "model.history=[{kind: mean}]", *PRE_RECIPE,
         f"model.tie_embeddings={str(tied).lower()}", "loss.sampler=in_batch", "loss.frequency=streaming",
         f"train.optimizer={optimizer}", "train.batch_size=8"])
 
@@ -166,9 +168,11 @@ def test_every_surviving_row_bias_and_slot_arrives_at_its_new_row(tmp_path, opti
 CONFIG = """\
 seed: 5
 data: {source: file, path: PATH}
-model: {dim: 8, hidden: [16], max_history: 8, history: [{kind: mean}, {kind: recent, window: 2}]}
+model: {dim: 8, hidden: [16], max_history: 8, history: [{kind: mean}, {kind: recent, window: 2}],
+        tie_embeddings: false, dropout: 0.0, compute_dtype: float32}
 loss: {sampler: log_uniform, num_sampled: 10}
-train: {epochs: 2, batch_size: 64, learning_rate: 0.01, early_stopping: null}
+train: {epochs: 2, batch_size: 64, learning_rate: 0.01, early_stopping: null, batching: positions,
+        lr_schedule: constant}
 eval: {ks: [5, 10, 20]}
 """
 
