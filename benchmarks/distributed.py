@@ -101,29 +101,28 @@ def probe_bytes(config: str, sets: list[str], steps: int, run_dir: Path) -> dict
     original_update = step_module._update
 
     def recording_update(loss_fn, variables, optimizer, features, labels, weights, seed, normalizer=None):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(features, labels, weights, training=True, seed=seed, normalizer=normalizer)
-        grads = tape.gradient(loss, variables)
-        for var, grad in zip(variables, grads):
-            if grad is None:
-                continue
-            key = var.path if hasattr(var, "path") else var.name
-            if key not in records:  # counters made once, on the first trace
-                records[key] = {"shape": [int(d) for d in var.shape], "sparse": isinstance(grad, tf.IndexedSlices),
-                                "rows": tf.Variable(0, dtype=tf.int64, trainable=False),
-                                "distinct": tf.Variable(0, dtype=tf.int64, trainable=False)}
-            slot = records[key]
-            if slot["sparse"]:
-                slot["rows"].assign_add(tf.size(grad.indices, out_type=tf.int64))
-                slot["distinct"].assign_add(tf.size(tf.unique(grad.indices)[0], out_type=tf.int64))
+        def record(grads):  # `_update`'s reduce hook: sees the step's gradients before the optimizer
+            for var, grad in zip(variables, grads):
+                if grad is None:
+                    continue
+                key = var.path if hasattr(var, "path") else var.name
+                if key not in records:  # counters made once, on the first trace
+                    records[key] = {"shape": [int(d) for d in var.shape], "sparse": isinstance(grad, tf.IndexedSlices),
+                                    "rows": tf.Variable(0, dtype=tf.int64, trainable=False),
+                                    "distinct": tf.Variable(0, dtype=tf.int64, trainable=False)}
+                slot = records[key]
+                if slot["sparse"]:
+                    slot["rows"].assign_add(tf.size(grad.indices, out_type=tf.int64))
+                    slot["distinct"].assign_add(tf.size(tf.unique(grad.indices)[0], out_type=tf.int64))
+            return grads
+
         if "__labels__" not in records:
             records["__labels__"] = {"rows": tf.Variable(0, dtype=tf.int64, trainable=False)}
-        labels_seen = records["__labels__"]
         rows = tf.size(labels, out_type=tf.int64) if "labelled" not in features else \
             tf.reduce_sum(tf.cast(features["labelled"], tf.int64))  # sequences: the labelled positions
-        labels_seen["rows"].assign_add(rows)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
+        records["__labels__"]["rows"].assign_add(rows)
+        return original_update(loss_fn, variables, optimizer, features, labels, weights, seed, normalizer,
+                               reduce=record)
 
     original_blocks = loop.epoch_blocks
 

@@ -239,27 +239,11 @@ def make_plain_step(args, items, head, optimizer, variables):
 
 def colocated_lazy_adam(strategy):
     """recall's LazyAdam whose slots are created next to their variable (one PS, unpartitioned)."""
-    import tensorflow as tf
-
-    from recall.training.optim import LazyAdam, backing_variable
+    from recall.training.optim import LazyAdam
 
     class ColocatedLazyAdam(LazyAdam):
-        def build(self, variables) -> None:
-            if self.built:
-                return
-            with tf.init_scope():
-                slots = {name: [] for name in self.slot_names}
-                for i, v in enumerate(variables):
-                    var = backing_variable(v)
-                    self._index[var.ref()] = i
-                    base = var.name.split(":")[0].replace("/", "_")
-                    with strategy.extended.colocate_vars_with(var):
-                        for name in self.slot_names:
-                            slots[name].append(tf.Variable(
-                                tf.fill(var.shape, tf.cast(self._slot_initial(var, name), var.dtype)),
-                                trainable=False, name=f"{base}_{name}"))
-                self.slots = slots
-            self.built = True
+        def _slot_placement(self, var):
+            return strategy.extended.colocate_vars_with(var)
 
     return ColocatedLazyAdam
 

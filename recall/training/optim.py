@@ -43,6 +43,8 @@ Variables may be Keras 3 variables or `tf.Variable`s.
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
 
@@ -146,6 +148,11 @@ class _RowwiseOptimizer(tf.Module):
     def _slot_initial(self, var: tf.Variable, slot: str) -> float:
         return 0.0
 
+    def _slot_placement(self, var: tf.Variable):
+        """Context the slots of `var` are created in (none here; benchmarks/ps_trial.py puts them on
+        their variable's parameter server)."""
+        return contextlib.nullcontext()
+
     def build(self, variables) -> None:
         """Create the slots of `variables` (call once, eagerly, before the first step and before a
         checkpoint restore so the restore has somewhere to write)."""
@@ -157,10 +164,11 @@ class _RowwiseOptimizer(tf.Module):
                 var = backing_variable(v)
                 self._index[var.ref()] = i
                 base = var.name.split(":")[0].replace("/", "_")
-                for name in self.slot_names:
-                    slots[name].append(tf.Variable(
-                        tf.fill(var.shape, tf.cast(self._slot_initial(var, name), var.dtype)),
-                        trainable=False, name=f"{base}_{name}"))
+                with self._slot_placement(var):
+                    for name in self.slot_names:
+                        slots[name].append(tf.Variable(
+                            tf.fill(var.shape, tf.cast(self._slot_initial(var, name), var.dtype)),
+                            trainable=False, name=f"{base}_{name}"))
             self.slots = slots  # tracked (a dict attribute of a tf.Module): the checkpoint holds them
         self.built = True
 
