@@ -174,14 +174,14 @@ def _start_workers(tmp_path: Path, args: list[str], tag: str) -> list[tuple[subp
     return out
 
 
-def _wait_for(predicate, seconds: float) -> bool:
+def _wait_for(predicate, seconds: float, poll: float = 0.5) -> bool:
     import time
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.5)
+        time.sleep(poll)
     return False
 
 
@@ -190,14 +190,19 @@ def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
 
     config = tmp_path / "tiny.yaml"
     config.write_text(CONFIG)
-    args = [str(config), "--set", "train.epochs=2", "--set", "train.checkpoint_every_steps=4",
-            "--run-dir", str(tmp_path / "run")]
-    workers = _start_workers(tmp_path, args, "first")
+    args = [str(config), "--set", "train.checkpoint_every_steps=4"]
+    run_dir = ["--run-dir", str(tmp_path / "run")]
+    # The first job asks for far more epochs than it gets: however fast the machine, the chief is still
+    # training when its peer dies (a tiny 2-epoch job once ended in the instant between two polls).
+    # The restart asks for 2 (epochs may change on resume; constant lr, so the trajectory is the same).
+    workers = _start_workers(tmp_path, [*args, *run_dir, "--set", "train.epochs=100"], "first")
+    checkpoints = tmp_path / "run" / "checkpoints"
     try:
         (chief, chief_log), (other, _) = workers
-        if not _wait_for(lambda: "epoch 1:" in chief_log.read_text(errors="replace") or chief.poll() is not None,
-                         JOB_TIMEOUT):
-            pytest.skip(f"a 2-worker cluster on loopback did not train an epoch within {JOB_TIMEOUT} s")
+        # Mid-epoch: the chief's first checkpoint (step 4 of the 12 in an epoch).
+        if not _wait_for(lambda: any(checkpoints.glob("ckpt-*.index")) or chief.poll() is not None, JOB_TIMEOUT,
+                         poll=0.05):
+            pytest.skip(f"a 2-worker cluster on loopback did not train 4 steps within {JOB_TIMEOUT} s")
         assert chief.poll() is None, chief_log.read_text()[-3000:]
         other.send_signal(signal.SIGKILL)
         killed = time.monotonic()
@@ -214,8 +219,9 @@ def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+    args += ["--set", "train.epochs=2"]
     # Restart both: they resume from the chief's last checkpoint and finish.
-    workers = _start_workers(tmp_path, args, "second")
+    workers = _start_workers(tmp_path, [*args, *run_dir], "second")
     try:
         codes = [proc.wait(JOB_TIMEOUT) for proc, _ in workers]
         assert codes == [0, 0], [log.read_text()[-2000:] for _, log in workers]
@@ -229,7 +235,7 @@ def test_a_killed_worker_ends_the_job_and_a_restart_resumes(tmp_path):
                 proc.kill()
             proc.wait()
     # The same job uninterrupted (deterministic mode): the resumed job ends with the same weights.
-    code = _run([*args[:-2], "--run-dir", str(tmp_path / "straight"), "--workers", "2"], tmp_path / "straight.log")
+    code = _run([*args, "--run-dir", str(tmp_path / "straight"), "--workers", "2"], tmp_path / "straight.log")
     assert code == 0, (tmp_path / "straight.log").read_text()[-3000:]
     final = metrics["train"]["steps"]
     resumed, straight = (_variables(str(tmp_path / run / "checkpoints" / f"ckpt-{final}")) for run in ("run", "straight"))
