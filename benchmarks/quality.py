@@ -77,6 +77,10 @@ def main() -> int:
     main_name = variants[0][0]
     if not args.skip_full:
         variants.append((f"{main_name}, full softmax", [*variants[0][1], "loss.kind=full_softmax"]))
+    import recall
+
+    for _, overrides in variants:  # every variant's config is checked before the first one trains
+        recall.load_config(Path(args.config), overrides)
     for name, overrides in variants:
         run_dir = work / "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:80]
         shutil.rmtree(run_dir, ignore_errors=True)  # equal effort: every row trains from scratch
@@ -108,4 +112,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from recall.errors import RecallError
+
+    try:
+        raise SystemExit(main())
+    except RecallError as e:  # a config typo or bad data: one line, as `recall train` says it
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
