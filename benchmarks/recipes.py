@@ -40,11 +40,8 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,6 +49,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+# benchmarks/samplers.py: machine() (cpu, cores, versions, commit, load average) and run_recall_train()
+_spec = importlib.util.spec_from_file_location("samplers_benchmark", ROOT / "benchmarks" / "samplers.py")
+samplers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(samplers)
 
 KS = [10, 20, 50, 100, 200]
 # Execution settings, not part of a recipe: the same examples, negatives and updates, computed in
@@ -220,14 +222,7 @@ def train(dataset: str, recipe: str, cfg: dict, work: Path) -> dict:
         d.mkdir(parents=True, exist_ok=True)
     write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
     shutil.rmtree(run_dir, ignore_errors=True)  # equal effort: every row trains from scratch
-    cmd = [sys.executable, "-m", "recall", "train", str(cfg_path), "--run-dir", str(run_dir)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
+    rc, wall = samplers.run_recall_train([str(cfg_path), "--run-dir", str(run_dir)], log_path)
     row = {"dataset": dataset, "recipe": recipe, "config_hash": config_hash(cfg), "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
     if rc != 0 or not metrics_path.is_file():
@@ -383,10 +378,6 @@ def main(argv: list[str] | None = None) -> int:
                 kept[(ds, rc)] = {**twin, "recipe": rc, "same_run_as": twin.get("same_run_as", twin["recipe"])}
                 continue
             todo.append((ds, rc, cfg))
-    spec = importlib.util.spec_from_file_location("samplers_benchmark", ROOT / "benchmarks" / "samplers.py")
-    samplers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(samplers)  # its machine(): cpu, cores, versions, commit, load average
-
     report = {"benchmark": "recipes", "command": " ".join(["benchmarks/recipes.py", *(argv or sys.argv[1:])]),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": samplers.machine(),
               "jobs": args.jobs, "quick": args.quick,

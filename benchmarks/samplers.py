@@ -93,18 +93,23 @@ def machine() -> dict:
             "recall_modified": dirty, "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def train(name: str, overrides: list[str], config: Path, run_dir: Path, log_path: Path) -> dict:
-    """One `recall train` in a fresh process; its metrics.json, reduced to the table's columns."""
-    cmd = [sys.executable, "-m", "recall", "train", str(config), "--run-dir", str(run_dir)]
-    for o in overrides:
-        cmd += ["--set", o]
+def run_recall_train(args: list[str], log_path: Path) -> tuple[int, float]:
+    """`python -m recall train *args` in a fresh process, the command and its output in `log_path`
+    → (exit code, wall seconds). Also used by benchmarks/recipes.py."""
+    cmd = [sys.executable, "-m", "recall", "train", *args]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
+    return rc, time.perf_counter() - t0
+
+
+def train(name: str, overrides: list[str], config: Path, run_dir: Path, log_path: Path) -> dict:
+    """One `recall train` in a fresh process; its metrics.json, reduced to the table's columns."""
+    rc, wall = run_recall_train([str(config), "--run-dir", str(run_dir), *[a for o in overrides for a in ("--set", o)]],
+                                log_path)
     metrics_path = run_dir / "metrics.json"
     if rc != 0 or not metrics_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
